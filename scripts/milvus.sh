@@ -16,7 +16,7 @@ state=$root/.milvus
 port=${MILVUS_PORT:-19530}
 timeout=${MILVUS_START_TIMEOUT:-120}
 milvus_version=2.3.5
-pymilvus_version=2.3.7
+pymilvus_version=2.5.18
 
 log() { printf 'milvus.sh: %s\n' "$*" >&2; }
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command: installs and starts a local Milvus on 127.0.0.1 (see
+# scripts/milvus.sh), runs formatting and lint checks and every test, then stops Milvus again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started_here=0
+if ! scripts/milvus.sh status >/dev/null 2>&1; then
+  scripts/milvus.sh start
+  started_here=1
+fi
+stop_milvus() { if [ "$started_here" = 1 ]; then scripts/milvus.sh stop; fi; }
+trap stop_milvus EXIT
+
+export STAMPEDE_MILVUS_ADDR=${STAMPEDE_MILVUS_ADDR:-127.0.0.1:19530}
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets 2>&1 | tee target/test-output.log

@@ -1,0 +1,168 @@
+//! The commands of the `stampede` binary, as library functions (the binary only parses flags).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::milvus::{ConnectOptions, Credentials, MilvusClient, MilvusError, TlsOptions};
+use crate::prepare::{self, PrepareError, PrepareOptions, PrepareSummary};
+use crate::spec::{SpecError, StressTestSpec};
+
+/// An error a command ends with: printed as one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The manifest is unreadable or invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Milvus could not be reached or refused something.
+    #[error(transparent)]
+    Milvus(#[from] MilvusError),
+    /// Prepare failed.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// A local problem (runtime, files).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    /// Whether `-v` would show more than the one line.
+    pub fn has_detail(&self) -> bool {
+        std::error::Error::source(self)
+            .and_then(std::error::Error::source)
+            .is_some()
+    }
+}
+
+/// `stampede validate -f FILE`.
+pub fn validate(file: &Path) -> Result<ExitCode, CliError> {
+    let st = crate::spec::load_manifest(file)?;
+    println!(
+        "{}: StressTest `{}` is valid ({} stage(s), {} operation(s))",
+        file.display(),
+        st.metadata.name.as_deref().unwrap_or(""),
+        st.spec.stages.len(),
+        st.spec.workload.operations.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connection options for a spec's target, with credentials from the environment
+/// (MILVUS_USERNAME/MILVUS_PASSWORD or MILVUS_TOKEN; MILVUS_CA_CERT for a CA file).
+pub fn connect_options(
+    spec: &StressTestSpec,
+    address_override: Option<&str>,
+) -> Result<ConnectOptions, CliError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let credentials = match (env("MILVUS_TOKEN"), env("MILVUS_USERNAME")) {
+        (Some(token), _) => Some(Credentials::Token(token)),
+        (None, Some(username)) => Some(Credentials::UserPassword {
+            username,
+            password: env("MILVUS_PASSWORD").unwrap_or_default(),
+        }),
+        (None, None) => None,
+    };
+    let ca_pem = match env("MILVUS_CA_CERT") {
+        Some(path) => Some(std::fs::read(&path).map_err(|e| {
+            CliError::Runtime(format!("cannot read the CA file MILVUS_CA_CERT={path}: {e}"))
+        })?),
+        None => None,
+    };
+    let mut opts = ConnectOptions::new(address_override.unwrap_or(&spec.target.address));
+    opts.database = spec.target.database.clone();
+    opts.tls = TlsOptions {
+        enabled: spec.target.tls.enabled,
+        ca_pem,
+        server_name: spec.target.tls.server_name.clone(),
+    };
+    opts.credentials = credentials;
+    opts.request_timeout = Duration::from_secs(60);
+    Ok(opts)
+}
+
+/// Arguments of `stampede prepare`.
+#[derive(Debug, Clone)]
+pub struct PrepareCommand {
+    /// The manifest.
+    pub file: PathBuf,
+    /// Address override.
+    pub target: Option<String>,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Ground-truth threads.
+    pub threads: usize,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+/// `stampede prepare -f FILE`.
+pub async fn prepare(cmd: PrepareCommand) -> Result<ExitCode, CliError> {
+    let st = crate::spec::load_manifest(&cmd.file)?;
+    let opts = connect_options(&st.spec, cmd.target.as_deref())?;
+    let client = MilvusClient::connect(opts).await?;
+    if cmd.progress {
+        eprintln!(
+            "connected to Milvus {} at {}",
+            client.server_version(),
+            cmd.target.as_deref().unwrap_or(&st.spec.target.address)
+        );
+    }
+    let summary = prepare::prepare(
+        &client,
+        &st.spec,
+        &PrepareOptions {
+            ground_truth_path: Some(cmd.output.join("ground_truth.json")),
+            threads: cmd.threads,
+            progress: cmd.progress,
+        },
+    )
+    .await?;
+    prepare::save_json(&cmd.output.join("prepare.json"), &summary)?;
+    print!("{}", render_prepare_summary(&summary));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The summary table `stampede prepare` prints.
+pub fn render_prepare_summary(s: &PrepareSummary) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nPrepared `{}` on Milvus {}\n",
+        s.collection, s.server_version
+    ));
+    out.push_str(&format!("  collection   {:?}\n", s.action));
+    out.push_str(&format!(
+        "  rows         {} ({} existing, {} inserted at {:.0} rows/s)\n",
+        s.rows, s.rows_existing, s.rows_inserted, s.insert_rows_per_second
+    ));
+    let params: Vec<String> = s
+        .index_params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    out.push_str(&format!(
+        "  index        {} {}{}\n",
+        s.index_type,
+        params.join(" "),
+        if s.index_reused { " (kept)" } else { "" }
+    ));
+    out.push_str(&format!("  load state   {}\n", s.load_state));
+    if let Some(gt) = &s.ground_truth {
+        out.push_str(&format!("  ground truth {gt}\n"));
+    }
+    out.push_str("  time        ");
+    for p in &s.phases {
+        out.push_str(&format!(" {} {}", p.phase, prepare::human_seconds(p.seconds)));
+    }
+    out.push('\n');
+    out
+}
+
+/// `stampede report DIR`.
+pub fn report(dir: &Path, prefix: &str) -> Result<ExitCode, CliError> {
+    let written =
+        crate::report::rerender(dir, prefix).map_err(|e| CliError::Runtime(e.to_string()))?;
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
