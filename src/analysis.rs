@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{OpWindow, StageMeasurement};
 
+/// A 0-based stage index as users count stages (from 1).
+fn human(index: usize) -> usize {
+    index.saturating_add(1)
+}
+
 /// µs → ms.
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
@@ -157,7 +162,7 @@ impl StageSummary {
         match (self.users, self.rate) {
             (Some(u), _) => format!("users {u}"),
             (None, Some(r)) => format!("rate {}/s", num(r)),
-            (None, None) => format!("stage {}", self.index + 1),
+            (None, None) => format!("stage {}", human(self.index)),
         }
     }
 
@@ -284,7 +289,7 @@ fn load_change(p: &StageSummary, s: &StageSummary) -> String {
     match ((p.users, s.users), (p.rate, s.rate)) {
         ((Some(a), Some(b)), _) => format!("users {a}→{b}{}", change(a as f64, b as f64)),
         (_, (Some(a), Some(b))) => format!("rate {}→{}/s{}", num(a), num(b), change(a, b)),
-        _ => format!("stage {}→{}", p.index + 1, s.index + 1),
+        _ => format!("stage {}→{}", human(p.index), human(s.index)),
     }
 }
 
@@ -299,7 +304,7 @@ pub fn saturation(stages: &[StageSummary], rules: &SaturationRules) -> Option<Sa
         if !s.valid {
             skipped.push(format!(
                 "stage {} ({})",
-                s.index + 1,
+                human(s.index),
                 s.invalid_reason.as_deref().unwrap_or("invalid")
             ));
             continue;
@@ -550,12 +555,12 @@ pub fn sla_verdict(stages: &[StageSummary], sla: &SlaCriteria) -> SlaVerdict {
             (Some(b), _) => format!(
                 "{} QPS at stage {} (the highest QPS meeting every other criterion)",
                 num(b.qps),
-                b.index + 1
+                human(b.index)
             ),
             (None, Some(r)) => format!(
                 "0 QPS: no stage met every other criterion (highest QPS {} at stage {})",
                 num(r.qps),
-                r.index + 1
+                human(r.index)
             ),
             (None, None) => "0 QPS: no valid stage was measured".to_string(),
         };

@@ -144,6 +144,11 @@ pub fn nice_ticks(min: f64, max: f64, target: usize) -> Vec<f64> {
     let eps = step * 1e-9;
     let first = ((min - eps) / step).ceil() as i64;
     let last = ((max + eps) / step).floor() as i64;
+    // A range too wide for f64 steps (±1e308) would make the count explode; such a range has
+    // no useful ticks.
+    if !(max - min).is_finite() || last.saturating_sub(first) > 10 * target.max(1) as i64 {
+        return Vec::new();
+    }
     // Multiplying an integer index by the step (rather than adding steps up) keeps 0.1 × 3 from
     // drifting to 0.30000000000000004 over many ticks; clean_tick removes the rest.
     (first..=last)
@@ -359,7 +364,7 @@ impl LineChart {
         let y2ticks = nice_ticks(y2dom.0, y2dom.1, 5);
         let xticks = nice_ticks(xmin, xmax, 6);
 
-        let mut frame = Frame::new(self.width, self.height, &self.title, &legend);
+        let mut frame = Frame::new(self.width, self.height, &legend);
         frame.left = 22.0 + max_label_width(&yticks) + 8.0;
         if has_right {
             frame.right = 22.0 + max_label_width(&y2ticks) + 8.0;
@@ -440,32 +445,7 @@ impl LineChart {
             self.y2_title.as_deref().filter(|_| has_right),
         );
 
-        // Thresholds under the data, markers under the data, data on top.
-        for t in &self.thresholds {
-            if !t.value.is_finite() {
-                continue;
-            }
-            if t.value > ydom.1 {
-                w!(
-                    out,
-                    "<text class=\"threshold-note\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"{TICK_FONT}\" fill=\"#b91c1c\" text-anchor=\"end\">↑ {} (above this scale)</text>",
-                    frame.left + frame.plot_w() - 4.0,
-                    frame.top + 12.0,
-                    escape(&t.label)
-                );
-                continue;
-            }
-            let y = py(t.value, ydom);
-            w!(
-                out,
-                "<g class=\"threshold\"><line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#b91c1c\" stroke-width=\"1.2\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{TICK_FONT}\" fill=\"#b91c1c\" text-anchor=\"end\" {HALO}>{}</text></g>",
-                frame.left,
-                frame.left + frame.plot_w(),
-                frame.left + frame.plot_w() - 4.0,
-                y - 4.0,
-                escape(&t.label)
-            );
-        }
+        // Markers under the data; thresholds go on top of it (below).
         for m in &self.markers {
             if !m.x.is_finite() {
                 continue;
@@ -526,6 +506,7 @@ impl LineChart {
             }
             out.push_str("</g>");
         }
+        frame.thresholds(&mut out, &self.thresholds, ydom.1, |v| py(v, ydom));
         if !self
             .series
             .iter()
@@ -666,7 +647,7 @@ impl CategoryChart {
         let ydom = y_domain(ymin, ymax);
         let yticks = nice_ticks(ydom.0, ydom.1, 5);
 
-        let mut frame = Frame::new(self.width, self.height, &self.title, &legend);
+        let mut frame = Frame::new(self.width, self.height, &legend);
         frame.left = 22.0 + max_label_width(&yticks) + 8.0;
         let band = frame.plot_w() / n_cat.max(1) as f64;
         let widest = self
@@ -685,7 +666,8 @@ impl CategoryChart {
         let mut out = String::new();
         frame.open(&mut out, "category", &self.title);
         frame.legend(&mut out, &legend);
-        let py = |y: f64| frame.top + frame.plot_h() - (y - ydom.0) / (ydom.1 - ydom.0) * frame.plot_h();
+        let py =
+            |y: f64| frame.top + frame.plot_h() - (y - ydom.0) / (ydom.1 - ydom.0) * frame.plot_h();
         let base_y = py(0.0f64.clamp(ydom.0, ydom.1));
 
         out.push_str("<g class=\"grid\" stroke=\"#e5e7eb\" stroke-width=\"1\">");
@@ -741,32 +723,6 @@ impl CategoryChart {
         out.push_str("</g>");
         frame.axis_titles(&mut out, &self.x_title, &self.y_title, None);
 
-        for t in &self.thresholds {
-            if !t.value.is_finite() {
-                continue;
-            }
-            if t.value > ydom.1 {
-                w!(
-                    out,
-                    "<text class=\"threshold-note\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"{TICK_FONT}\" fill=\"#b91c1c\" text-anchor=\"end\">↑ {} (above this scale)</text>",
-                    frame.left + frame.plot_w() - 4.0,
-                    frame.top + 12.0,
-                    escape(&t.label)
-                );
-                continue;
-            }
-            let y = py(t.value);
-            w!(
-                out,
-                "<g class=\"threshold\"><line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#b91c1c\" stroke-width=\"1.2\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{TICK_FONT}\" fill=\"#b91c1c\" text-anchor=\"end\" {HALO}>{}</text></g>",
-                frame.left,
-                frame.left + frame.plot_w(),
-                frame.left + frame.plot_w() - 4.0,
-                y - 4.0,
-                escape(&t.label)
-            );
-        }
-
         let n_series = self.series.len().max(1) as f64;
         let group_w = band * 0.72;
         let bar_w = group_w / n_series;
@@ -793,7 +749,10 @@ impl CategoryChart {
             match self.style {
                 CategoryStyle::Bars => {
                     for &(i, v) in &points {
-                        let x = frame.left + band * i as f64 + (band - group_w) / 2.0 + bar_w * si as f64;
+                        let x = frame.left
+                            + band * i as f64
+                            + (band - group_w) / 2.0
+                            + bar_w * si as f64;
                         let y = py(v);
                         let (top, h) = if y < base_y {
                             (y, base_y - y)
@@ -826,7 +785,11 @@ impl CategoryChart {
                     for &(i, v) in &points {
                         let x = frame.left + band * (i as f64 + 0.5);
                         // A missing category breaks the line rather than bridging it.
-                        let cmd = if prev.is_some_and(|p| p + 1 == i) { " L" } else { " M" };
+                        let cmd = if prev.is_some_and(|p| p + 1 == i) {
+                            " L"
+                        } else {
+                            " M"
+                        };
                         w!(d, "{cmd}{x:.1} {:.1}", py(v));
                         prev = Some(i);
                     }
@@ -857,6 +820,7 @@ impl CategoryChart {
             }
             out.push_str("</g>");
         }
+        frame.thresholds(&mut out, &self.thresholds, ydom.1, py);
         if n_cat == 0 || values().next().is_none() {
             frame.no_data(&mut out);
         }
@@ -906,7 +870,7 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(width: f64, height: f64, _title: &str, legend: &[LegendItem]) -> Self {
+    fn new(width: f64, height: f64, legend: &[LegendItem]) -> Self {
         let width = if width.is_finite() && width >= 200.0 {
             width
         } else {
@@ -1036,6 +1000,43 @@ impl Frame {
         out.push_str("</g>");
     }
 
+    /// Horizontal limit lines, drawn over the data so bars cannot hide them; the label sits at
+    /// the left end, where the load (and so the data) is usually lowest. A limit above the
+    /// scale (`top`) is named in a note instead.
+    fn thresholds(
+        &self,
+        out: &mut String,
+        thresholds: &[Threshold],
+        top: f64,
+        py: impl Fn(f64) -> f64,
+    ) {
+        for t in thresholds {
+            if !t.value.is_finite() {
+                continue;
+            }
+            if t.value > top {
+                w!(
+                    out,
+                    "<text class=\"threshold-note\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"{TICK_FONT}\" fill=\"#b91c1c\" text-anchor=\"end\" {HALO}>↑ {} (above this scale)</text>",
+                    self.left + self.plot_w() - 4.0,
+                    self.top + 12.0,
+                    escape(&t.label)
+                );
+                continue;
+            }
+            let y = py(t.value);
+            w!(
+                out,
+                "<g class=\"threshold\"><line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#b91c1c\" stroke-width=\"1.2\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{TICK_FONT}\" fill=\"#b91c1c\" text-anchor=\"start\" {HALO}>{}</text></g>",
+                self.left,
+                self.left + self.plot_w(),
+                self.left + 6.0,
+                y - 4.0,
+                escape(&t.label)
+            );
+        }
+    }
+
     fn no_data(&self, out: &mut String) {
         w!(
             out,
@@ -1070,11 +1071,18 @@ mod tests {
     fn ticks_are_round_for_small_and_offset_ranges() {
         assert_eq!(nice_ticks(0.0, 1.0, 5), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
         assert_eq!(nice_ticks(0.0, 0.3, 3), vec![0.0, 0.1, 0.2, 0.3]);
-        assert_eq!(nice_ticks(13.0, 61.0, 5), vec![20.0, 30.0, 40.0, 50.0, 60.0]);
-        assert_eq!(nice_ticks(0.0, 300.0, 6), vec![0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]);
+        assert_eq!(
+            nice_ticks(13.0, 61.0, 5),
+            vec![20.0, 30.0, 40.0, 50.0, 60.0]
+        );
+        assert_eq!(
+            nice_ticks(0.0, 300.0, 6),
+            vec![0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]
+        );
         assert_eq!(nice_ticks(5.0, 5.0, 5), vec![5.0]);
         assert!(nice_ticks(f64::NAN, 1.0, 5).is_empty());
         assert!(nice_ticks(2.0, 1.0, 5).is_empty());
+        assert!(nice_ticks(-f64::MAX, f64::MAX, 5).is_empty());
     }
 
     #[test]
@@ -1099,7 +1107,8 @@ mod tests {
             "a&lt;b &amp; &quot;c&quot; &#39;d&#39;&gt;"
         );
         let mut c = LineChart::new("<script>&", "time (s)", "latency (ms)");
-        c.series.push(Series::new("p95 \"<x>\"", vec![(0.0, 1.0), (1.0, 2.0)]));
+        c.series
+            .push(Series::new("p95 \"<x>\"", vec![(0.0, 1.0), (1.0, 2.0)]));
         c.markers.push(Marker {
             x: 0.5,
             label: "stage <2>".into(),
@@ -1148,27 +1157,37 @@ mod tests {
         assert!(c.render().contains("no data"));
         let mut c = LineChart::new("empty series", "time (s)", "requests/s");
         c.series.push(Series::new("qps", Vec::new()));
-        c.series.push(Series::new("users", Vec::new()).on_right_axis());
+        c.series
+            .push(Series::new("users", Vec::new()).on_right_axis());
         let svg = c.render();
         assert!(svg.contains("no data") && svg.ends_with("</svg>"));
         let c = CategoryChart::new("empty", "stage", "requests/s", CategoryStyle::Bars);
         assert!(c.render().contains("no data"));
         let mut c = CategoryChart::new("nan", "stage", "ms", CategoryStyle::Points);
         c.categories = vec!["10 users".into()];
-        c.series.push(CategorySeries::new("p95", vec![f64::NAN, 3.0]));
+        c.series
+            .push(CategorySeries::new("p95", vec![f64::NAN, 3.0]));
         assert!(c.render().contains("no data"));
+        let mut c = LineChart::new("huge", "time (s)", "ms");
+        c.series.push(Series::new(
+            "x",
+            vec![(0.0, -f64::MAX), (f64::MAX, f64::MAX)],
+        ));
+        assert!(c.render().ends_with("</svg>"));
     }
 
     #[test]
     fn a_category_chart_has_one_bar_or_dot_per_value() {
         let mut c = CategoryChart::new("QPS", "stage", "requests/s", CategoryStyle::Bars);
         c.categories = vec!["10 users".into(), "50 users".into(), "100 users".into()];
-        c.series.push(CategorySeries::new("qps", vec![100.0, 480.0, 900.0]));
+        c.series
+            .push(CategorySeries::new("qps", vec![100.0, 480.0, 900.0]));
         let svg = c.render();
         assert_eq!(svg.matches("<rect class=\"point\"").count(), 3);
         assert!(svg.contains("50 users") && svg.contains("data-points=\"3\""));
         c.style = CategoryStyle::Points;
-        c.series.push(CategorySeries::new("other", vec![1.0, f64::NAN, 3.0]));
+        c.series
+            .push(CategorySeries::new("other", vec![1.0, f64::NAN, 3.0]));
         let svg = c.render();
         assert_eq!(svg.matches("<circle class=\"point\"").count(), 5);
         // The missing middle value splits the second line in two.
@@ -1179,9 +1198,13 @@ mod tests {
     fn the_right_axis_and_thresholds_are_drawn_with_titles() {
         let mut c = LineChart::new("load", "time (s)", "requests/s");
         c.y2_title = Some("users".into());
-        c.series.push(Series::new("qps", vec![(0.0, 10.0), (10.0, 90.0)]));
         c.series
-            .push(Series::new("users", vec![(0.0, 10.0), (10.0, 50.0)]).on_right_axis().dashed());
+            .push(Series::new("qps", vec![(0.0, 10.0), (10.0, 90.0)]));
+        c.series.push(
+            Series::new("users", vec![(0.0, 10.0), (10.0, 50.0)])
+                .on_right_axis()
+                .dashed(),
+        );
         c.thresholds.push(Threshold {
             value: 100.0,
             label: "SLA QPS ≥ 100".into(),
@@ -1199,7 +1222,8 @@ mod tests {
     #[test]
     fn rendering_is_deterministic() {
         let mut c = LineChart::new("d", "time (s)", "ms");
-        c.series.push(Series::new("a", vec![(0.0, 0.1), (1.0, 0.2), (2.0, 0.3)]));
+        c.series
+            .push(Series::new("a", vec![(0.0, 0.1), (1.0, 0.2), (2.0, 0.3)]));
         assert_eq!(c.render(), c.clone().render());
     }
 }

@@ -64,7 +64,9 @@ pub fn connect_options(
     };
     let ca_pem = match env("MILVUS_CA_CERT") {
         Some(path) => Some(std::fs::read(&path).map_err(|e| {
-            CliError::Runtime(format!("cannot read the CA file MILVUS_CA_CERT={path}: {e}"))
+            CliError::Runtime(format!(
+                "cannot read the CA file MILVUS_CA_CERT={path}: {e}"
+            ))
         })?),
         None => None,
     };
@@ -151,7 +153,11 @@ pub fn render_prepare_summary(s: &PrepareSummary) -> String {
     }
     out.push_str("  time        ");
     for p in &s.phases {
-        out.push_str(&format!(" {} {}", p.phase, prepare::human_seconds(p.seconds)));
+        out.push_str(&format!(
+            " {} {}",
+            p.phase,
+            prepare::human_seconds(p.seconds)
+        ));
     }
     out.push('\n');
     out

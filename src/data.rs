@@ -15,8 +15,8 @@ use std::collections::BinaryHeap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-// Domain constants keep the streams apart: the same (seed, index) never yields the same PRNG
-// state for a data row, a query, a cluster centre or a scalar cell.
+// Domain constants keep the streams apart: data rows, queries, cluster centres and scalar cells
+// with the same (seed, index) get unrelated PRNG states.
 const DOMAIN_ROWS: u64 = 0x5354_414D_5045_4401; // "STAMPED" + 1
 const DOMAIN_QUERIES: u64 = 0x5354_414D_5045_4402;
 const DOMAIN_CENTRES: u64 = 0x5354_414D_5045_4403;
@@ -79,7 +79,8 @@ impl Rng {
         result
     }
 
-    /// A value in `0..n` (`n > 0`) by multiply-shift; the bias is below 2^-32 for any `u32` n.
+    /// A value in `0..n` (`n > 0`) by multiply-shift; relative bias at most n / 2^64, which is
+    /// negligible for any realistic range.
     #[inline]
     fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
@@ -112,8 +113,8 @@ fn split24(x: u64) -> (u32, u32) {
 
 /// `ln((a + 1) / 2^24)` for a 24-bit `a`, i.e. the log of a uniform in (0, 1].
 ///
-/// Own implementation (exponent split + atanh series, |error| < 1e-7) so results do not depend
-/// on the platform libm, and so the loop vectorises.
+/// Own implementation (exponent split + atanh series, within a few f32 ulps) so results do not
+/// depend on the platform libm, and so the loop vectorises.
 #[inline(always)]
 fn ln_unit(a: u32) -> f32 {
     // a + 1 <= 2^24 is exact in f32.
@@ -132,15 +133,21 @@ fn ln_unit(a: u32) -> f32 {
     (e - 24) as f32 * std::f32::consts::LN_2 + 2.0 * s * series
 }
 
-/// One Box–Muller pair of standard normals from 48 random bits.
+/// Box–Muller radius `sqrt(-2 ln u)` for the uniform `u = (a + 1) / 2^24` in (0, 1].
+///
+/// The 24-bit uniform caps the radius at sqrt(2·24·ln 2) ≈ 5.77, a 1-in-10^8 tail.
+#[inline(always)]
+fn radius(a: u32) -> f32 {
+    (-2.0 * ln_unit(a)).max(0.0).sqrt()
+}
+
+/// `(r cos θ, r sin θ)` for the angle `θ = 2π b / 2^24` of a 24-bit `b`.
 ///
 /// The angle's top two bits pick the quadrant exactly, so the polynomials only cover a quarter
-/// turn (|error| < 3e-7); the radius is capped at sqrt(2·24·ln 2) ≈ 5.77 by the 24-bit uniform.
+/// turn (|error| < 3e-7) and need no libm.
 #[inline(always)]
-fn gaussian_pair(x: u64) -> (f32, f32) {
+fn polar(b: u32, r: f32) -> (f32, f32) {
     use std::f32::consts::{FRAC_1_SQRT_2, FRAC_PI_2};
-    let (a, b) = split24(x);
-    let r = (-2.0 * ln_unit(a)).max(0.0).sqrt();
     let quadrant = b >> 22;
     let f = (b & 0x3F_FFFF) as f32 * TWO_POW_M22;
     // Angle within the quadrant is π/4 + t with |t| <= π/4, where Taylor series converge fast.
@@ -164,16 +171,74 @@ fn gaussian_pair(x: u64) -> (f32, f32) {
     )
 }
 
+/// Box–Muller on a block of random words: word `i` gives the pair `(xs[i], ys[i])`.
+///
+/// Written as separate passes over `u32` arrays so each pass vectorises at full width.
+#[inline(always)]
+fn gaussian_block_generic(
+    bits: &[u64; PAIR_BLOCK],
+    xs: &mut [f32; PAIR_BLOCK],
+    ys: &mut [f32; PAIR_BLOCK],
+) {
+    let mut ra = [0u32; PAIR_BLOCK];
+    let mut rb = [0u32; PAIR_BLOCK];
+    for ((&w, a), b) in bits.iter().zip(&mut ra).zip(&mut rb) {
+        (*a, *b) = split24(w);
+    }
+    let mut r = [0f32; PAIR_BLOCK];
+    for (r, &a) in r.iter_mut().zip(&ra) {
+        *r = radius(a);
+    }
+    for (((x, y), &b), &r) in xs.iter_mut().zip(ys.iter_mut()).zip(&rb).zip(&r) {
+        (*x, *y) = polar(b, r);
+    }
+}
+
+/// [`gaussian_block_generic`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gaussian_block_avx512(
+    bits: &[u64; PAIR_BLOCK],
+    xs: &mut [f32; PAIR_BLOCK],
+    ys: &mut [f32; PAIR_BLOCK],
+) {
+    gaussian_block_generic(bits, xs, ys);
+}
+
+/// [`gaussian_block_generic`] compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gaussian_block_avx2(
+    bits: &[u64; PAIR_BLOCK],
+    xs: &mut [f32; PAIR_BLOCK],
+    ys: &mut [f32; PAIR_BLOCK],
+) {
+    gaussian_block_generic(bits, xs, ys);
+}
+
+/// [`gaussian_block_generic`] with the widest vector unit this CPU has (same bits on all).
+fn gaussian_block(
+    bits: &[u64; PAIR_BLOCK],
+    xs: &mut [f32; PAIR_BLOCK],
+    ys: &mut [f32; PAIR_BLOCK],
+) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only returns Avx512 when the CPU supports AVX-512F.
+        Isa::Avx512 => unsafe { gaussian_block_avx512(bits, xs, ys) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only returns Avx2 when the CPU supports AVX2 and FMA.
+        Isa::Avx2 => unsafe { gaussian_block_avx2(bits, xs, ys) },
+        Isa::Generic => gaussian_block_generic(bits, xs, ys),
+    }
+}
+
 /// Fills `out` with standard normals; pair `p` lands at `p` and `ceil(len/2) + p`.
 ///
 /// Splitting the row into a "cos" half and a "sin" half (instead of interleaving) keeps every
 /// store contiguous; any fixed layout is equally valid as the components are i.i.d.
 fn fill_gaussian(rng: &mut Rng, out: &mut [f32]) {
-    fill_pairs(rng, out, |bits, xs, ys| {
-        for ((&w, x), y) in bits.iter().zip(xs.iter_mut()).zip(ys.iter_mut()) {
-            (*x, *y) = gaussian_pair(w);
-        }
-    });
+    fill_pairs(rng, out, gaussian_block);
 }
 
 /// Fills `out` with uniforms in [low, high), with the same pair layout as [`fill_gaussian`].
@@ -235,7 +300,7 @@ fn normalize_in_place(v: &mut [f32]) {
 /// How vector components are drawn.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VectorDistribution {
-    /// Standard normal components (Box–Muller from our own PRNG).
+    /// Standard normal components (Box–Muller from our own PRNG; tails cut at ±5.77).
     Normal,
     /// Uniform components in [low, high); if `high <= low` every component is `low`.
     Uniform {
@@ -589,14 +654,17 @@ impl Metric {
 /// order, and with it the exact bits of every distance.
 const LANES: usize = 16;
 
-/// One term of a distance sum: squared difference for L2, product otherwise.
+/// Adds one term to a running sum: squared difference for L2, product otherwise.
+///
+/// A fused multiply-add is exactly specified (one rounding), so hardware FMA, a software
+/// fallback and every vector width give the same bits, and it halves the work of a dot product.
 #[inline(always)]
-fn term<const L2: bool>(a: f32, b: f32) -> f32 {
+fn step<const L2: bool>(acc: f32, a: f32, b: f32) -> f32 {
     if L2 {
         let d = a - b;
-        d * d
+        d.mul_add(d, acc)
     } else {
-        a * b
+        a.mul_add(b, acc)
     }
 }
 
@@ -615,10 +683,28 @@ fn reduce(acc: &[f32; LANES]) -> f32 {
     v[0]
 }
 
+/// Adds one chunk of terms into the lane accumulators.
+#[inline(always)]
+fn accumulate<const L2: bool>(acc: &mut [f32; LANES], x: &[f32; LANES], y: &[f32; LANES]) {
+    for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+        *s = step::<L2>(*s, p, q);
+    }
+}
+
+/// Reduces the lanes, then adds the tail terms in order.
+#[inline(always)]
+fn finish<const L2: bool>(acc: &[f32; LANES], x: &[f32], y: &[f32]) -> f32 {
+    let mut sum = reduce(acc);
+    for (&p, &q) in x.iter().zip(y) {
+        sum = step::<L2>(sum, p, q);
+    }
+    sum
+}
+
 /// Squared L2 distance (`L2 = true`) or dot product of `a` and `b` over their common length.
 ///
 /// Lane `l` accumulates the terms at positions ≡ l (mod 16), the lanes are summed pairwise and
-/// the tail is added in order; [`kernel_many`] performs exactly the same operations per pair.
+/// the tail is added in order; [`kernel4`] performs exactly the same operations per pair.
 #[inline(always)]
 fn kernel<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -626,57 +712,107 @@ fn kernel<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
     let (bc, bt) = b[..n].as_chunks::<LANES>();
     let mut acc = [0f32; LANES];
     for (x, y) in ac.iter().zip(bc) {
-        for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *s += term::<L2>(p, q);
-        }
+        accumulate::<L2>(&mut acc, x, y);
     }
-    let mut sum = reduce(&acc);
-    for (&p, &q) in at.iter().zip(bt) {
-        sum += term::<L2>(p, q);
-    }
-    sum
+    finish::<L2>(&acc, at, bt)
 }
 
-/// [`kernel`] of one query against `N` rows of the same length at once, sharing the query
-/// loads; bit-identical to `N` separate calls.
+/// [`kernel`] of one query against four rows at once, sharing the query loads; bit-identical
+/// to four separate calls.
 #[inline(always)]
-fn kernel_many<const L2: bool, const N: usize>(q: &[f32], rows: [&[f32]; N]) -> [f32; N] {
-    let (qc, qt) = q.as_chunks::<LANES>();
-    let chunks = rows.map(|r| {
-        let (c, t) = r.as_chunks::<LANES>();
-        // Same length as the query by construction; the slicing makes later indexing provably
-        // in bounds (and stays panic-free if a caller ever broke that).
-        (&c[..c.len().min(qc.len())], t)
-    });
-    if chunks
-        .iter()
-        .any(|(c, t)| c.len() != qc.len() || t.len() != qt.len())
-    {
+fn kernel4<const L2: bool>(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    let [r0, r1, r2, r3] = rows;
+    if rows.iter().any(|r| r.len() != q.len()) {
+        // Never the case in a scan (all rows have `dim` components); kept for safety.
         return rows.map(|r| kernel::<L2>(q, r));
     }
-    let mut acc = [[0f32; LANES]; N];
-    for (i, x) in qc.iter().enumerate() {
-        for (a, (c, _)) in acc.iter_mut().zip(&chunks) {
-            let y = &c[i];
-            for ((s, &p), &r) in a.iter_mut().zip(x).zip(y) {
-                *s += term::<L2>(p, r);
-            }
+    let (qc, qt) = q.as_chunks::<LANES>();
+    let (c0, t0) = r0.as_chunks::<LANES>();
+    let (c1, t1) = r1.as_chunks::<LANES>();
+    let (c2, t2) = r2.as_chunks::<LANES>();
+    let (c3, t3) = r3.as_chunks::<LANES>();
+    // Separate locals and one lane loop over fixed-size arrays: the optimiser keeps the four
+    // accumulators in registers and the zipped iterators need no bounds checks.
+    let mut a0 = [0f32; LANES];
+    let mut a1 = [0f32; LANES];
+    let mut a2 = [0f32; LANES];
+    let mut a3 = [0f32; LANES];
+    for ((((x, y0), y1), y2), y3) in qc.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
+        for l in 0..LANES {
+            a0[l] = step::<L2>(a0[l], x[l], y0[l]);
+            a1[l] = step::<L2>(a1[l], x[l], y1[l]);
+            a2[l] = step::<L2>(a2[l], x[l], y2[l]);
+            a3[l] = step::<L2>(a3[l], x[l], y3[l]);
         }
     }
-    let mut out = [0f32; N];
-    for ((o, a), (_, t)) in out.iter_mut().zip(&acc).zip(&chunks) {
-        let mut sum = reduce(a);
-        for (&p, &r) in qt.iter().zip(t.iter()) {
-            sum += term::<L2>(p, r);
+    [
+        finish::<L2>(&a0, qt, t0),
+        finish::<L2>(&a1, qt, t1),
+        finish::<L2>(&a2, qt, t2),
+        finish::<L2>(&a3, qt, t3),
+    ]
+}
+
+/// Which vector extensions the hot loops are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512F (implies FMA).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX2 with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Whatever the build targets (on x86-64 without FMA, `mul_add` is a libm call: slow but
+    /// still exact).
+    Generic,
+}
+
+/// The best instruction set this CPU supports (std caches the detection).
+#[inline]
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
         }
-        *o = sum;
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
     }
-    out
+    Isa::Generic
+}
+
+/// [`kernel`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn kernel_avx512<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
+    kernel::<L2>(a, b)
+}
+
+/// [`kernel`] compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn kernel_avx2<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
+    kernel::<L2>(a, b)
+}
+
+/// [`kernel`] with the fastest instruction set available (same bits on all).
+fn kernel_dispatch<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only returns Avx512 when the CPU supports AVX-512F.
+        Isa::Avx512 => unsafe { kernel_avx512::<L2>(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only returns Avx2 when the CPU supports AVX2 and FMA.
+        Isa::Avx2 => unsafe { kernel_avx2::<L2>(a, b) },
+        Isa::Generic => kernel::<L2>(a, b),
+    }
 }
 
 /// Euclidean norm, via the same dot-product kernel.
 fn l2_norm(v: &[f32]) -> f32 {
-    kernel::<false>(v, v).sqrt()
+    kernel_dispatch::<false>(v, v).sqrt()
 }
 
 /// Cosine similarity from a dot product and the two norms (0 if either norm is 0).
@@ -694,11 +830,15 @@ fn cosine_from(dot: f32, norm_a: f32, norm_b: f32) -> f32 {
 /// lengths are compared over their common prefix.
 pub fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     match metric {
-        Metric::L2 => kernel::<true>(a, b),
-        Metric::Ip => kernel::<false>(a, b),
+        Metric::L2 => kernel_dispatch::<true>(a, b),
+        Metric::Ip => kernel_dispatch::<false>(a, b),
         Metric::Cosine => {
             let n = a.len().min(b.len());
-            cosine_from(kernel::<false>(a, b), l2_norm(&a[..n]), l2_norm(&b[..n]))
+            cosine_from(
+                kernel_dispatch::<false>(a, b),
+                l2_norm(&a[..n]),
+                l2_norm(&b[..n]),
+            )
         }
     }
 }
@@ -788,7 +928,8 @@ impl TopK {
     fn new(k: usize) -> Self {
         Self {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            // Only a hint: a huge k grows the heap on demand instead of reserving up front.
+            heap: BinaryHeap::with_capacity(k.min(1 << 16) + 1),
         }
     }
 
@@ -805,7 +946,7 @@ impl TopK {
     }
 }
 
-/// Rows scored together against one query (shares each query load across this many rows).
+/// Rows scored together against one query by [`kernel4`], sharing each query load.
 const ROW_BLOCK: usize = 4;
 
 /// Target floats per generated chunk (512 KiB: stays in L2 with the queries).
@@ -855,7 +996,7 @@ impl Progress<'_> {
 impl Scan<'_> {
     /// Claims chunks until none are left; returns this worker's per-query best candidates.
     fn work(&self) -> Vec<TopK> {
-        let nq = self.queries.len() / self.dim;
+        let nq = self.queries.len().checked_div(self.dim).unwrap_or(0);
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(self.k)).collect();
         let mut buf = vec![0f32; self.chunk_rows * self.dim];
         let mut norms = vec![0f32; self.chunk_rows];
@@ -864,7 +1005,7 @@ impl Scan<'_> {
             if chunk >= self.chunks {
                 break;
             }
-            let start = chunk * self.chunk_rows as u64;
+            let start = chunk.saturating_mul(self.chunk_rows as u64);
             let count = (self.rows - start).min(self.chunk_rows as u64) as usize;
             let block = &mut buf[..count * self.dim];
             self.data.fill_rows(start, block);
@@ -884,22 +1025,17 @@ impl Scan<'_> {
 /// Scores one chunk of rows against every query, with the fastest kernel this CPU runs.
 ///
 /// Wider vector units only change how many lanes run per instruction, never the per-lane IEEE
-/// operations or their order (no FMA contraction), so every path gives identical bits.
+/// operations or their order, so every path gives identical bits.
 fn score_chunk(scan: &Scan<'_>, block: &[f32], norms: &[f32], start: u64, tops: &mut [TopK]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            unsafe { score_chunk_avx512(scan, block, norms, start, tops) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { score_chunk_avx2(scan, block, norms, start, tops) };
-            return;
-        }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only returns Avx512 when the CPU supports AVX-512F.
+        Isa::Avx512 => unsafe { score_chunk_avx512(scan, block, norms, start, tops) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only returns Avx2 when the CPU supports AVX2 and FMA.
+        Isa::Avx2 => unsafe { score_chunk_avx2(scan, block, norms, start, tops) },
+        Isa::Generic => score_chunk_generic(scan, block, norms, start, tops),
     }
-    score_chunk_generic(scan, block, norms, start, tops);
 }
 
 /// [`score_chunk_generic`] compiled for AVX-512F.
@@ -915,9 +1051,9 @@ fn score_chunk_avx512(
     score_chunk_generic(scan, block, norms, start, tops);
 }
 
-/// [`score_chunk_generic`] compiled for AVX2.
+/// [`score_chunk_generic`] compiled for AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn score_chunk_avx2(scan: &Scan<'_>, block: &[f32], norms: &[f32], start: u64, tops: &mut [TopK]) {
     score_chunk_generic(scan, block, norms, start, tops);
 }
@@ -972,7 +1108,7 @@ fn score_rows<const L2: bool>(
             .zip(tops.iter_mut())
             .enumerate()
         {
-            let raw = kernel_many::<L2, ROW_BLOCK>(query, [r0, r1, r2, r3]);
+            let raw = kernel4::<L2>(query, [r0, r1, r2, r3]);
             for (j, &d) in raw.iter().enumerate() {
                 let row = first + j;
                 let id = start.wrapping_add(row as u64) as i64;
@@ -1013,7 +1149,7 @@ pub fn ground_truth(
     progress: &(dyn Fn(u64) + Sync),
 ) -> GroundTruth {
     let dim = data.dim();
-    let nq = if dim == 0 { 0 } else { queries.len() / dim };
+    let nq = queries.len().checked_div(dim).unwrap_or(0);
     let k = usize::try_from(rows).map_or(top_k, |r| top_k.min(r));
     let mut truth = GroundTruth {
         metric: metric.as_str().to_string(),
@@ -1060,7 +1196,16 @@ pub fn ground_truth(
         },
     };
     let partials: Vec<Vec<TopK>> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(|| scan.work())).collect();
+        // Chunks are claimed dynamically, so if the OS refuses a thread the others simply do
+        // its share.
+        let helpers: Vec<_> = (1..threads)
+            .map_while(|_| {
+                std::thread::Builder::new()
+                    .name("ground-truth".into())
+                    .spawn_scoped(s, || scan.work())
+                    .ok()
+            })
+            .collect();
         let mut all = vec![scan.work()];
         for h in helpers {
             match h.join() {
@@ -1195,21 +1340,6 @@ mod tests {
         0x000C_C000_0380_0067,
         0x000C_C201_9944_00B2,
     ];
-    const GOLDEN_ROW0_SEED42: [u32; 4] = [0, 0, 0, 0];
-    const GOLDEN_CATEGORIES_SEED42: &str = "";
-
-    #[test]
-    fn print_golden() {
-        let g = VectorGenerator::new(4, VectorDistribution::Normal, false, 42);
-        eprintln!("{:#010x?} {:?}", bits(&g.rows(0, 1)), g.rows(0, 1));
-        let s = ScalarGenerator::new(
-            "category",
-            ScalarValues::Categorical(vec!["a".into(), "b".into(), "c".into()]),
-            42,
-        );
-        eprintln!("{}", s.strings(0, 8).concat());
-    }
-
     fn all_distributions() -> Vec<VectorDistribution> {
         vec![
             VectorDistribution::Normal,
@@ -1269,14 +1399,144 @@ mod tests {
 
     #[test]
     fn generated_values_never_change_between_versions() {
-        let g = VectorGenerator::new(4, VectorDistribution::Normal, false, 42);
-        assert_eq!(bits(&g.rows(0, 1)), GOLDEN_ROW0_SEED42);
-        let s = ScalarGenerator::new(
+        // Stored ground truth and partially loaded collections rely on these exact bits.
+        let normal = VectorGenerator::new(4, VectorDistribution::Normal, false, 42);
+        assert_eq!(
+            bits(&normal.rows(0, 1)),
+            [0x4000_cd31, 0xbf76_f4e6, 0x3fa5_56b2, 0x3ea7_30fa]
+        );
+        let clustered = VectorGenerator::new(
+            3,
+            VectorDistribution::Clustered {
+                centers: 5,
+                spread: 0.5,
+            },
+            true,
+            42,
+        );
+        assert_eq!(
+            bits(&clustered.rows(7, 1)),
+            [0x3ecb_6a4c, 0xbcf6_29eb, 0xbf6a_cd88]
+        );
+        let uniform = VectorGenerator::new(
+            3,
+            VectorDistribution::Uniform {
+                low: -1.0,
+                high: 1.0,
+            },
+            false,
+            42,
+        );
+        assert_eq!(
+            bits(&uniform.queries(1)),
+            [0x3f7b_2e00, 0xbdb8_eab0, 0xbf0b_3b5a]
+        );
+        let g = VectorGenerator::new(20, VectorDistribution::Normal, false, 42);
+        let v = g.rows(0, 2);
+        assert_eq!(
+            distance(Metric::L2, &v[..20], &v[20..]).to_bits(),
+            0x420a_0f1f
+        );
+        assert_eq!(
+            distance(Metric::Ip, &v[..20], &v[20..]).to_bits(),
+            0x4039_bae8
+        );
+        let category = ScalarGenerator::new(
             "category",
             ScalarValues::Categorical(vec!["a".into(), "b".into(), "c".into()]),
             42,
         );
-        assert_eq!(s.strings(0, 8).concat(), GOLDEN_CATEGORIES_SEED42);
+        assert_eq!(category.strings(0, 8).concat(), "acbaccba");
+        let n = ScalarGenerator::new(
+            "n",
+            ScalarValues::IntRange {
+                min: -1000,
+                max: 1000,
+            },
+            42,
+        );
+        assert_eq!(n.ints(0, 4), [-338, -170, 289, -679]);
+        assert_eq!(n.query_value(0), "142");
+    }
+
+    #[test]
+    fn box_muller_approximations_match_libm_closely() {
+        for a in (0u32..1 << 24).step_by(997).chain([0, (1 << 24) - 1]) {
+            let exact = ((f64::from(a) + 1.0) / 16_777_216.0).ln();
+            let got = f64::from(ln_unit(a));
+            assert!((got - exact).abs() < 4e-6, "ln at {a}: {got} vs {exact}");
+        }
+        assert_eq!(ln_unit((1 << 24) - 1), 0.0);
+        for b in (0u32..1 << 24)
+            .step_by(1009)
+            .chain([0, (1 << 22) - 1, 1 << 22])
+        {
+            let angle = std::f64::consts::TAU * f64::from(b) / 16_777_216.0;
+            let (x, y) = polar(b, 1.0);
+            assert!((f64::from(x) - angle.cos()).abs() < 1e-6, "cos at {b}");
+            assert!((f64::from(y) - angle.sin()).abs() < 1e-6, "sin at {b}");
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let g = VectorGenerator::new(99, VectorDistribution::Normal, false, 1);
+        let v = g.rows(0, 8);
+        let rows: Vec<&[f32]> = v.chunks_exact(99).collect();
+        let q = g.queries(1);
+        for &r in &rows {
+            // `kernel` compiled for the build target vs the widest the CPU offers.
+            assert_eq!(
+                kernel::<true>(&q, r).to_bits(),
+                kernel_dispatch::<true>(&q, r).to_bits()
+            );
+            assert_eq!(
+                kernel::<false>(&q, r).to_bits(),
+                kernel_dispatch::<false>(&q, r).to_bits()
+            );
+        }
+        let four = [rows[0], rows[1], rows[2], rows[3]];
+        assert_eq!(
+            kernel4::<true>(&q, four).map(f32::to_bits),
+            four.map(|r| kernel::<true>(&q, r).to_bits())
+        );
+        assert_eq!(
+            kernel4::<false>(&q, four).map(f32::to_bits),
+            four.map(|r| kernel::<false>(&q, r).to_bits())
+        );
+        let mut rng = Rng::new(3, 0, 0, 0);
+        let words: [u64; PAIR_BLOCK] = std::array::from_fn(|_| rng.next_u64());
+        let mut expected = ([0f32; PAIR_BLOCK], [0f32; PAIR_BLOCK]);
+        gaussian_block_generic(&words, &mut expected.0, &mut expected.1);
+        let mut got = ([0f32; PAIR_BLOCK], [0f32; PAIR_BLOCK]);
+        gaussian_block(&words, &mut got.0, &mut got.1);
+        assert_eq!(bits(&got.0), bits(&expected.0));
+        assert_eq!(bits(&got.1), bits(&expected.1));
+        #[cfg(target_arch = "x86_64")]
+        {
+            // Each wide variant the CPU can run, not only the one dispatch picks.
+            let r = rows[5];
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: AVX2 and FMA are present, checked just above.
+                let d = unsafe { kernel_avx2::<true>(&q, r) };
+                assert_eq!(d.to_bits(), kernel::<true>(&q, r).to_bits());
+                let mut wide = ([0f32; PAIR_BLOCK], [0f32; PAIR_BLOCK]);
+                // SAFETY: as above.
+                unsafe { gaussian_block_avx2(&words, &mut wide.0, &mut wide.1) };
+                assert_eq!(bits(&wide.0), bits(&expected.0));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is present, checked just above.
+                let d = unsafe { kernel_avx512::<false>(&q, r) };
+                assert_eq!(d.to_bits(), kernel::<false>(&q, r).to_bits());
+                let mut wide = ([0f32; PAIR_BLOCK], [0f32; PAIR_BLOCK]);
+                // SAFETY: as above.
+                unsafe { gaussian_block_avx512(&words, &mut wide.0, &mut wide.1) };
+                assert_eq!(bits(&wide.1), bits(&expected.1));
+            }
+        }
     }
 
     #[test]

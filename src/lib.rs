@@ -2,7 +2,15 @@
 //! a CLI. See DESIGN.md (shared) and README.md.
 
 pub mod analysis;
+pub mod chart;
+pub mod cli;
 pub mod data;
+pub mod load;
 pub mod metrics;
 pub mod milvus;
 pub mod pb;
+pub mod prepare;
+pub mod report;
+pub mod result;
+pub mod run;
+pub mod spec;

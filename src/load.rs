@@ -169,9 +169,9 @@ pub fn shard_plan(
             rate: s.rate.unwrap_or(0.0) / f64::from(n),
         })
         .collect();
-    let gen = crate::prepare::vector_generator(spec);
+    let vectors = crate::prepare::vector_generator(spec);
     let with_truth = truth.as_ref().map_or(0, |t| t.ids.len());
-    let queries = gen.queries(with_truth.max(QUERY_POOL));
+    let queries = vectors.queries(with_truth.max(QUERY_POOL));
     ShardPlan {
         shard,
         shards: n,
@@ -383,7 +383,7 @@ async fn sample_loop(recorder: Arc<Recorder>, stop: watch::Receiver<bool>) {
         tick.tick().await;
         recorder.sample_in_flight();
         n += 1;
-        if n % 10 == 0
+        if n.is_multiple_of(10)
             && let Some((used, available)) = cpu.sample()
         {
             let second = recorder.t0.elapsed().as_secs();
@@ -403,10 +403,11 @@ async fn sleep_or_stop(deadline: Instant, stop: &mut watch::Receiver<bool>) -> b
     if *stop.borrow() {
         return true;
     }
-    tokio::select! {
-        _ = tokio::time::sleep_until(deadline.into()) => *stop.borrow(),
-        r = stop.wait_for(|s| *s) => r.is_ok(),
-    }
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep_until(deadline.into()) => None,
+        r = stop.wait_for(|s| *s) => Some(r.is_ok()),
+    };
+    stopped.unwrap_or_else(|| *stop.borrow())
 }
 
 struct User {
@@ -688,7 +689,8 @@ async fn send(
             let pool = plan.queries.len() / plan.dim.max(1);
             let with_truth = plan.truth.as_ref().map_or(0, |t| t.ids.len()).min(pool);
             // Recall is only defined for unfiltered searches: ground truth ignores filters.
-            let measure = filter.is_none() && with_truth > 0 && rng.random::<f64>() < plan.recall_share;
+            let measure =
+                filter.is_none() && with_truth > 0 && rng.random::<f64>() < plan.recall_share;
             let mut picks = Vec::with_capacity(*nq);
             let mut vectors = Vec::with_capacity(nq * plan.dim);
             for _ in 0..*nq {
@@ -706,10 +708,11 @@ async fn send(
                 }
             }
             let expr = match filter {
-                Some(t) => Some(
-                    fill_filter(t, &plan.scalars, rng.random::<u64>())
-                        .map_err(|name| MilvusError::InvalidArgument(format!("filter names unknown field `{name}`")))?,
-                ),
+                Some(t) => Some(fill_filter(t, &plan.scalars, rng.random::<u64>()).map_err(
+                    |name| {
+                        MilvusError::InvalidArgument(format!("filter names unknown field `{name}`"))
+                    },
+                )?),
                 None => None,
             };
             let hits = client
@@ -735,10 +738,17 @@ async fn send(
             limit,
             output_fields,
         } => {
-            let expr = fill_filter(expr, &plan.scalars, rng.random::<u64>())
-                .map_err(|name| MilvusError::InvalidArgument(format!("expression names unknown field `{name}`")))?;
+            let expr = fill_filter(expr, &plan.scalars, rng.random::<u64>()).map_err(|name| {
+                MilvusError::InvalidArgument(format!("expression names unknown field `{name}`"))
+            })?;
             client
-                .query(&plan.collection, &expr, output_fields, Some(*limit), plan_consistency(plan, op))
+                .query(
+                    &plan.collection,
+                    &expr,
+                    output_fields,
+                    Some(*limit),
+                    plan_consistency(plan, op),
+                )
                 .await?;
             Ok((1, None))
         }
@@ -822,7 +832,10 @@ mod tests {
 
     #[test]
     fn users_are_shared_so_that_the_shards_add_up() {
-        assert_eq!((0..3).map(|i| share(10, i, 3)).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!(
+            (0..3).map(|i| share(10, i, 3)).collect::<Vec<_>>(),
+            vec![4, 3, 3]
+        );
         assert_eq!((0..4).map(|i| share(2, i, 4)).sum::<u32>(), 2);
         assert_eq!(share(5, 0, 0), 5);
     }
@@ -835,7 +848,10 @@ mod tests {
             let w = random_wait(&mut rng, min, max);
             assert!(w >= min && w <= max, "{w:?}");
         }
-        assert_eq!(random_wait(&mut rng, Duration::ZERO, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            random_wait(&mut rng, Duration::ZERO, Duration::ZERO),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -1,1 +1,195 @@
-fn main() {}
+//! The `stampede` command: one binary for the controller, the prepare Job, the load workers and
+//! local runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kube::CustomResourceExt;
+
+use stampede::cli::{self, CliError};
+use stampede::spec::StressTest;
+
+/// Capacity and stress tests for Milvus vector databases.
+#[derive(Parser, Debug)]
+#[command(name = "stampede", version, about, long_about = None)]
+struct Cli {
+    /// More detail: -v shows the cause chain of errors and info logs, -vv debug logs.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format for structured logs on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "STAMPEDE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make a StressTest's collection ready: create or reuse it, insert the generated rows
+    /// (resuming an interrupted run), flush, build the index, load it, compute ground truth.
+    Prepare(PrepareArgs),
+    /// Run a whole StressTest on this machine: prepare (reusing data already there), the load
+    /// stages, analysis and reports. Exit code 0 when the SLA passes (or none is set), 1 when it
+    /// fails, 2 on error.
+    Run(RunArgs),
+    /// Re-render report.html and the CSV files of a result directory from its result.json.
+    Report(ReportArgs),
+    /// Check a StressTest manifest and print every problem found (exit 2 when invalid).
+    Validate(FileArgs),
+    /// Print the CustomResourceDefinitions (generated from the Rust types) as YAML.
+    Crd,
+}
+
+#[derive(Args, Debug)]
+struct FileArgs {
+    /// StressTest manifest (YAML).
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// StressTest manifest (YAML), the same file `kubectl apply` takes.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Milvus address to use instead of spec.target.address (e.g. 127.0.0.1:19530).
+    #[arg(long, env = "STAMPEDE_TARGET")]
+    target: Option<String>,
+    /// Output directory [default: stampede-results/<name>-<time>].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// In-process load shards (0 = one per core, at most 4).
+    #[arg(long, default_value_t = 0)]
+    shards: u32,
+    /// Validate the manifest and print the resolved plan without sending anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prefix of the Locust-compatible CSV files ({prefix}_stats.csv, …).
+    #[arg(long, default_value = "stampede")]
+    csv_prefix: String,
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A result directory written by `stampede run` (holds result.json).
+    dir: PathBuf,
+    /// Prefix of the Locust-compatible CSV files.
+    #[arg(long, default_value = "stampede")]
+    csv_prefix: String,
+}
+
+#[derive(Args, Debug)]
+struct PrepareArgs {
+    /// StressTest manifest (YAML), the same file `kubectl apply` takes.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Milvus address to use instead of spec.target.address (e.g. 127.0.0.1:19530).
+    #[arg(long, env = "STAMPEDE_TARGET")]
+    target: Option<String>,
+    /// Directory for prepare.json and ground_truth.json.
+    #[arg(short, long, default_value = "stampede-results/prepare")]
+    output: PathBuf,
+    /// Threads for the ground-truth computation (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// No progress lines on stderr (logs and the summary still print).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    init_logging(args.verbose, args.log_format);
+    let verbose = args.verbose;
+    let result = match args.command {
+        Command::Crd => print_crds(),
+        Command::Validate(a) => cli::validate(&a.file),
+        Command::Report(a) => cli::report(&a.dir, &a.csv_prefix),
+        Command::Run(a) => runtime().and_then(|rt| {
+            rt.block_on(stampede::run::run(
+                &a.file,
+                stampede::run::RunOptions {
+                    target: a.target,
+                    output: a.output,
+                    shards: a.shards,
+                    dry_run: a.dry_run,
+                    progress: !a.quiet,
+                    csv_prefix: a.csv_prefix,
+                },
+            ))
+        }),
+        Command::Prepare(a) => runtime().and_then(|rt| {
+            rt.block_on(cli::prepare(cli::PrepareCommand {
+                file: a.file,
+                target: a.target,
+                output: a.output,
+                threads: a.threads,
+                progress: !a.quiet,
+            }))
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if verbose > 0 {
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    eprintln!("  caused by: {s}");
+                    source = s.source();
+                }
+            } else if e.has_detail() {
+                eprintln!("(run with -v for details)");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+fn print_crds() -> Result<ExitCode, CliError> {
+    let crd = StressTest::crd();
+    let yaml = serde_yaml_ng::to_string(&crd).map_err(|e| CliError::Runtime(e.to_string()))?;
+    print!("{yaml}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STAMPEDE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},h2=warn,hyper=warn,tower=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -127,6 +127,14 @@ impl LatencyHistogram {
         }
     }
 
+    /// (bucket value, count) of every non-empty bucket, in value order.
+    fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.recorded()
+            .into_iter()
+            .flat_map(|h| h.iter_recorded())
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    }
+
     /// The recorded histogram, if anything was recorded.
     fn recorded(&self) -> Option<&Histogram<u64>> {
         self.inner.as_ref().filter(|h| !h.is_empty())
@@ -266,13 +274,7 @@ fn check_v2_header(plain: &[u8]) -> Result<(), MetricsError> {
 impl PartialEq for LatencyHistogram {
     /// Equal when every bucket holds the same count.
     fn eq(&self, other: &Self) -> bool {
-        let buckets = |h: &LatencyHistogram| {
-            h.recorded()
-                .into_iter()
-                .flat_map(|h| h.iter_recorded())
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        };
-        self.count() == other.count() && buckets(self).eq(buckets(other))
+        self.count() == other.count() && self.buckets().eq(other.buckets())
     }
 }
 
@@ -618,7 +620,7 @@ fn shard_cpu_by_second(samples: &[CpuSample]) -> Vec<CpuSample> {
                 acc.stage = acc.stage.max(c.stage);
                 acc.cores_used += c.cores_used;
                 acc.cores_available += c.cores_available;
-                *n += 1;
+                *n = n.saturating_add(1);
             }
             None => {
                 by_second.insert(c.second, (c.clone(), 1));
@@ -667,11 +669,12 @@ mod tests {
     }
 
     #[test]
-    fn new_histogram_has_the_documented_bounds() {
+    fn a_new_histogram_allocates_nothing_and_reads_zero() {
+        let g = growing_histogram();
+        assert_eq!(g.low(), 1);
+        assert_eq!(g.sigfig(), 3);
         let h = LatencyHistogram::new();
-        assert_eq!(h.inner.low(), 1);
-        assert_eq!(h.inner.high(), 3_600_000_000);
-        assert_eq!(h.inner.sigfig(), 3);
+        assert!(h.inner.is_none());
         assert_eq!(h.count(), 0);
         assert_eq!(h.quantile_us(0.5), 0);
         assert_eq!(h.max_us(), 0);
@@ -690,7 +693,13 @@ mod tests {
         assert_eq!(h.min_us(), 0);
         assert_eq!(h.quantile_us(0.25), 0);
         assert_eq!(h.quantile_us(0.5), 1500);
-        assert_eq!(h.max_us(), h.inner.highest_equivalent(HIGHEST_US));
+        assert_eq!(
+            h.max_us(),
+            growing_histogram().highest_equivalent(HIGHEST_US)
+        );
+        assert_eq!(h.max_us(), 3_600_809_983);
+        // Clamped before growing: storage stops at one hour.
+        assert!(h.inner.as_ref().unwrap().high() < 2 * HIGHEST_US);
         assert_eq!(h.quantile_us(f64::NAN), 0);
         assert_eq!(h.quantile_us(7.0), h.max_us());
         assert_eq!(h.quantile_us(-1.0), 0);
@@ -755,7 +764,9 @@ mod tests {
     fn plain_v2_and_empty_bytes_decode() {
         let h = histogram_of(&[3, 40, 500, 6000]);
         let mut plain = Vec::new();
-        V2Serializer::new().serialize(&h.inner, &mut plain).unwrap();
+        V2Serializer::new()
+            .serialize(h.inner.as_ref().unwrap(), &mut plain)
+            .unwrap();
         assert_eq!(LatencyHistogram::from_bytes(&plain).unwrap(), h);
         assert_eq!(
             LatencyHistogram::from_bytes(&[]).unwrap(),
@@ -774,7 +785,11 @@ mod tests {
             .unwrap();
         let h = LatencyHistogram::from_bytes(&bytes).unwrap();
         assert_eq!(h.count(), 2);
-        assert_eq!(h.max_us(), h.inner.highest_equivalent(HIGHEST_US));
+        assert_eq!(
+            h.max_us(),
+            growing_histogram().highest_equivalent(HIGHEST_US)
+        );
+        assert!(h.inner.as_ref().unwrap().high() < 2 * HIGHEST_US);
         // 1000 was quantised by the source's 2 digits; our 3 digits keep that bucket's value.
         assert_eq!(h.min_us(), wide.highest_equivalent(1000));
         assert_eq!(h.min_us(), 1003);
@@ -797,6 +812,29 @@ mod tests {
             }
             let _ = LatencyHistogram::from_bytes(&b);
         }
+        // Mutated valid encodings reach deep into the decoder: errors or clamped values only.
+        let plain_of = |h: &LatencyHistogram| {
+            let mut b = Vec::new();
+            V2Serializer::new()
+                .serialize(h.inner.as_ref().unwrap(), &mut b)
+                .unwrap();
+            b
+        };
+        let samples: Vec<u64> = (0..500).map(|_| random_latency(&mut rng)).collect();
+        let sources = [
+            plain_of(&histogram_of(&samples)),
+            histogram_of(&samples).to_bytes(),
+        ];
+        for _ in 0..5_000 {
+            let mut b = sources[rng.random_range(0..2)].clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..b.len());
+                b[i] = rng.random();
+            }
+            if let Ok(h) = LatencyHistogram::from_bytes(&b) {
+                assert!(h.max_us() <= growing_histogram().highest_equivalent(HIGHEST_US));
+            }
+        }
         // A plain header claiming a 4 GiB payload is refused before anything is allocated.
         let mut huge = Vec::new();
         huge.extend_from_slice(&V2_COOKIE.to_be_bytes());
@@ -809,6 +847,23 @@ mod tests {
         );
         let err = serde_json::from_str::<LatencyHistogram>("\"not base64!\"").unwrap_err();
         assert!(err.to_string().contains("invalid base64"), "{err}");
+    }
+
+    #[test]
+    fn storage_grows_only_with_the_largest_latency() {
+        let mut h = LatencyHistogram::new();
+        for us in [150, 2_000, 35_000, 99_999] {
+            h.record_us(us);
+        }
+        // 8 × 1024 counters cover 100 ms, a third of what a fixed one-hour range needs.
+        assert_eq!(h.inner.as_ref().unwrap().distinct_values(), 8 * 1024);
+        let fixed = Histogram::<u64>::new_with_bounds(1, HIGHEST_US, 3).unwrap();
+        assert_eq!(fixed.distinct_values(), 23 * 1024);
+        let mut merged = LatencyHistogram::new();
+        merged.merge(&histogram_of(&[5]));
+        merged.merge(&h);
+        assert_eq!(merged.count(), 5);
+        assert_eq!(merged.max_us(), h.max_us());
     }
 
     #[test]

@@ -297,7 +297,11 @@ pub fn schema_differences(expected: &CollectionSchemaDef, actual: &[FieldDef]) -
                         "field `{}` {} the primary key but the spec {}",
                         want.name,
                         if have.primary_key { "is" } else { "is not" },
-                        if want.primary_key { "needs it to be" } else { "does not" }
+                        if want.primary_key {
+                            "needs it to be"
+                        } else {
+                            "does not"
+                        }
                     ));
                 }
                 if want.primary_key && have.auto_id != want.auto_id {
@@ -377,16 +381,19 @@ pub fn build_columns(
         dim: dim as u32,
         data,
     });
-    for (gen, s) in scalars.iter().zip(&spec.data.scalars) {
+    for (scalar, s) in scalars.iter().zip(&spec.data.scalars) {
         if s.values.is_some() {
             columns.push(Column::VarChar {
                 name: s.name.clone(),
-                data: ids.iter().map(|&i| gen.string_value(i).to_string()).collect(),
+                data: ids
+                    .iter()
+                    .map(|&i| scalar.string_value(i).to_string())
+                    .collect(),
             });
         } else {
             columns.push(Column::Int64 {
                 name: s.name.clone(),
-                data: ids.iter().map(|&i| gen.int_value(i)).collect(),
+                data: ids.iter().map(|&i| scalar.int_value(i)).collect(),
             });
         }
     }
@@ -681,7 +688,7 @@ async fn missing_rows(
             .query(
                 name,
                 &format!("{pk} >= {start} && {pk} < {end}"),
-                &[pk.clone()],
+                std::slice::from_ref(pk),
                 Some(QUERY_LIMIT),
                 crate::milvus::ConsistencyLevel::Strong,
             )
@@ -737,7 +744,11 @@ async fn insert_rows(
             "batch exceeds Milvus's default 64 MiB gRPC message limit; sending smaller requests"
         );
     }
-    let shared = Arc::new((spec.clone(), vector_generator(spec), scalar_generators(spec)));
+    let shared = Arc::new((
+        spec.clone(),
+        vector_generator(spec),
+        scalar_generators(spec),
+    ));
     let name = spec.collection.name.clone();
     let started = Instant::now();
     let mut done = 0u64;
@@ -900,13 +911,13 @@ pub async fn compute_ground_truth(
     threads: usize,
     show_progress: bool,
 ) -> Result<GroundTruth, PrepareError> {
-    let gen = vector_generator(spec);
+    let vectors = vector_generator(spec);
     let rows = spec.data.rows;
     let nq = spec.recall.sample_queries as usize;
     let top_k = spec.recall.top_k as usize;
     let metric = metric_of(spec.collection.metric);
     tokio::task::spawn_blocking(move || {
-        let queries = gen.queries(nq);
+        let queries = vectors.queries(nq);
         let started = Instant::now();
         let last = std::sync::Mutex::new(Instant::now());
         let report = |done: u64| {
@@ -923,7 +934,7 @@ pub async fn compute_ground_truth(
                 );
             }
         };
-        crate::data::ground_truth(&gen, rows, &queries, top_k, metric, threads, &report)
+        crate::data::ground_truth(&vectors, rows, &queries, top_k, metric, threads, &report)
     })
     .await
     .map_err(|e| PrepareError::Internal(format!("ground truth failed: {e}")))
@@ -969,15 +980,28 @@ spec:
 
     #[test]
     fn batches_cover_every_row_once_and_respect_the_byte_limit() {
-        assert_eq!(plan_batches(0..10, 4, 100, 1_000_000), vec![0..4, 4..8, 8..10]);
-        assert_eq!(plan_batches(3..10, 100, 100, 250), vec![3..5, 5..7, 7..9, 9..10]);
-        assert_eq!(plan_batches(5..5, 4, 100, 1000), Vec::<std::ops::Range<u64>>::new());
+        assert_eq!(
+            plan_batches(0..10, 4, 100, 1_000_000),
+            vec![0..4, 4..8, 8..10]
+        );
+        assert_eq!(
+            plan_batches(3..10, 100, 100, 250),
+            vec![3..5, 5..7, 7..9, 9..10]
+        );
+        assert_eq!(
+            plan_batches(5..5, 4, 100, 1000),
+            Vec::<std::ops::Range<u64>>::new()
+        );
     }
 
     #[test]
     fn the_schema_follows_the_spec_with_varchar_sized_to_the_longest_value() {
         let s = collection_schema(&spec());
-        let types: Vec<_> = s.fields.iter().map(|f| (f.name.as_str(), f.field_type.clone())).collect();
+        let types: Vec<_> = s
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.field_type.clone()))
+            .collect();
         assert_eq!(
             types,
             vec![
@@ -988,7 +1012,10 @@ spec:
             ]
         );
         assert!(s.fields[0].primary_key && !s.fields[0].auto_id);
-        assert_eq!(s.description, "stampede data: seed=42 vectors=normal normalize=true");
+        assert_eq!(
+            s.description,
+            "stampede data: seed=42 vectors=normal normalize=true"
+        );
     }
 
     #[test]
@@ -1006,7 +1033,11 @@ spec:
         assert_eq!(
             schema_differences(&want, &have),
             vec![
-                format!("field `embedding` is {} but the spec needs {}", FieldType::FloatVector { dim: 8 }, FieldType::FloatVector { dim: 4 }),
+                format!(
+                    "field `embedding` is {} but the spec needs {}",
+                    FieldType::FloatVector { dim: 8 },
+                    FieldType::FloatVector { dim: 4 }
+                ),
                 format!("field `year` ({}) is missing", FieldType::Int64),
                 format!("field `extra` ({}) is not in the spec", FieldType::Int64),
             ]
@@ -1034,7 +1065,13 @@ spec:
         }
         match &cols[2] {
             Column::VarChar { data, .. } => {
-                assert_eq!(data, &vec![sc[0].string_value(7).to_string(), sc[0].string_value(2).to_string()])
+                assert_eq!(
+                    data,
+                    &vec![
+                        sc[0].string_value(7).to_string(),
+                        sc[0].string_value(2).to_string()
+                    ]
+                )
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -1044,7 +1081,9 @@ spec:
     fn index_params_are_sent_as_plain_strings() {
         let mut s = spec();
         s.index.params.insert("M".into(), serde_json::json!(16));
-        s.index.params.insert("efConstruction".into(), serde_json::json!("200"));
+        s.index
+            .params
+            .insert("efConstruction".into(), serde_json::json!("200"));
         let d = index_def(&s);
         assert_eq!(d.params["M"], "16");
         assert_eq!(d.params["efConstruction"], "200");

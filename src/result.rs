@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{
-    self, CapacityConfig, CapacityPlan, Peak, Saturation, SaturationRules, SlaCriteria,
-    SlaVerdict, StageSummary,
+    self, CapacityConfig, CapacityPlan, Peak, Saturation, SaturationRules, SlaCriteria, SlaVerdict,
+    StageSummary,
 };
 use crate::metrics::{CpuSample, OpWindow, Snapshot};
 use crate::prepare::PrepareSummary;

@@ -40,7 +40,12 @@ pub fn default_shards(spec: &StressTestSpec) -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let mut n = cores.clamp(1, 4);
     if spec.workload.model == LoadModel::Closed {
-        let peak = spec.stages.iter().filter_map(|s| s.users).max().unwrap_or(1);
+        let peak = spec
+            .stages
+            .iter()
+            .filter_map(|s| s.users)
+            .max()
+            .unwrap_or(1);
         n = n.min(peak.max(1));
     }
     n
@@ -65,7 +70,10 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         .clone()
         .unwrap_or_else(|| default_output_dir(&name));
     std::fs::create_dir_all(&output).map_err(|e| {
-        CliError::Runtime(format!("cannot create output directory {}: {e}", output.display()))
+        CliError::Runtime(format!(
+            "cannot create output directory {}: {e}",
+            output.display()
+        ))
     })?;
     let address = opts.target.clone().unwrap_or(spec.target.address.clone());
     let client = MilvusClient::connect(connect_options(&spec, opts.target.as_deref())?).await?;
@@ -90,11 +98,13 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
     )
     .await?;
     let truth = if prepared.ground_truth.is_some() {
-        let text = std::fs::read(&gt_path).map_err(|e| {
-            CliError::Runtime(format!("cannot read {}: {e}", gt_path.display()))
-        })?;
+        let text = std::fs::read(&gt_path)
+            .map_err(|e| CliError::Runtime(format!("cannot read {}: {e}", gt_path.display())))?;
         Some(Arc::new(serde_json::from_slice(&text).map_err(|e| {
-            CliError::Runtime(format!("{} is not valid ground truth: {e}", gt_path.display()))
+            CliError::Runtime(format!(
+                "{} is not valid ground truth: {e}",
+                gt_path.display()
+            ))
         })?))
     } else {
         None
@@ -231,7 +241,12 @@ pub fn describe_plan(st: &StressTest, shards: u32) -> String {
             (None, Some(r)) => format!("{r} requests/s"),
             _ => "-".to_string(),
         };
-        out.push_str(&format!("  stage {}     {} for {}\n", i + 1, load, s.duration));
+        out.push_str(&format!(
+            "  stage {}     {} for {}\n",
+            i + 1,
+            load,
+            s.duration
+        ));
     }
     out
 }

@@ -745,7 +745,9 @@ impl FromStr for DurationSpec {
                 .find(|c: char| !(c.is_ascii_digit() || c == '.'))
                 .ok_or_else(|| format!("`{s}` has a number without a unit (ms, s, m or h)"))?;
             if digits == 0 {
-                return Err(format!("`{s}` is not a duration; write e.g. `60s`, `500ms`, `1m30s`"));
+                return Err(format!(
+                    "`{s}` is not a duration; write e.g. `60s`, `500ms`, `1m30s`"
+                ));
             }
             let value: f64 = rest[..digits]
                 .parse()
@@ -775,7 +777,7 @@ impl FromStr for DurationSpec {
 impl fmt::Display for DurationSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 || ms == 0 {
+        if !ms.is_multiple_of(1000) || ms == 0 {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", ms / 1000)
@@ -880,12 +882,18 @@ pub fn parse_manifest(text: &str, origin: &str) -> Result<StressTest, SpecError>
             message: "a StressTest needs a name".to_string(),
         });
     }
-    if let Some(api_version) = api_version_of(text)
-        && api_version != format!("{GROUP}/v1alpha1")
-    {
+    let api_version = top_level_string(text, "apiVersion").unwrap_or_default();
+    if api_version != format!("{GROUP}/v1alpha1") {
         errors.push(FieldError {
             path: "apiVersion".to_string(),
             message: format!("expected `{GROUP}/v1alpha1`, found `{api_version}`"),
+        });
+    }
+    let kind = top_level_string(text, "kind").unwrap_or_default();
+    if kind != "StressTest" {
+        errors.push(FieldError {
+            path: "kind".to_string(),
+            message: format!("expected `StressTest`, found `{kind}`"),
         });
     }
     errors.extend(validate(&test.spec));
@@ -910,16 +918,15 @@ pub fn load_manifest(path: &Path) -> Result<StressTest, SpecError> {
 
 // Metadata fields the API server manages (uid, resourceVersion, …) are typed by k8s-openapi and
 // so never reported; `status` in a manifest (e.g. from `kubectl get -o yaml`) is ignored.
+// apiVersion and kind are read by kube's generated Deserialize without being fields, and are
+// checked separately.
 fn is_ignorable_unknown(path: &str) -> bool {
-    path == "status" || path.starts_with("status.")
+    path == "status" || path.starts_with("status.") || path == "apiVersion" || path == "kind"
 }
 
-fn api_version_of(text: &str) -> Option<String> {
+fn top_level_string(text: &str, key: &str) -> Option<String> {
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
-    value
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
+    value.get(key).and_then(|v| v.as_str()).map(str::to_string)
 }
 
 fn describe_yaml_error(e: &serde_yaml_ng::Error) -> String {
@@ -997,15 +1004,23 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
         );
     }
     let v = &d.vectors;
-    if v.distribution == Distribution::Uniform && v.low.partial_cmp(&v.high) != Some(std::cmp::Ordering::Less) {
+    if v.distribution == Distribution::Uniform
+        && v.low.partial_cmp(&v.high) != Some(std::cmp::Ordering::Less)
+    {
         err(
             "spec.data.vectors".into(),
-            format!("uniform needs low < high, got low={} high={}", v.low, v.high),
+            format!(
+                "uniform needs low < high, got low={} high={}",
+                v.low, v.high
+            ),
         );
     }
     if v.distribution == Distribution::Clustered {
         if v.clusters == 0 {
-            err("spec.data.vectors.clusters".into(), "must be at least 1".into());
+            err(
+                "spec.data.vectors.clusters".into(),
+                "must be at least 1".into(),
+            );
         }
         if !(v.spread.is_finite() && v.spread >= 0.0) {
             err(
@@ -1018,10 +1033,19 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
     for (i, s) in d.scalars.iter().enumerate() {
         let path = format!("spec.data.scalars[{i}]");
         if !is_milvus_name(&s.name) {
-            err(format!("{path}.name"), format!("`{}` is not a valid field name", s.name));
+            err(
+                format!("{path}.name"),
+                format!("`{}` is not a valid field name", s.name),
+            );
         }
-        if s.name == c.primary_field || s.name == c.vector_field || scalar_names.contains(&s.name.as_str()) {
-            err(format!("{path}.name"), format!("field `{}` is defined twice", s.name));
+        if s.name == c.primary_field
+            || s.name == c.vector_field
+            || scalar_names.contains(&s.name.as_str())
+        {
+            err(
+                format!("{path}.name"),
+                format!("field `{}` is defined twice", s.name),
+            );
         }
         scalar_names.push(&s.name);
         match (&s.values, &s.range) {
@@ -1055,7 +1079,10 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
     }
 
     if spec.index.index_type.trim().is_empty() {
-        err("spec.index.type".into(), "must name an index type, e.g. HNSW".into());
+        err(
+            "spec.index.type".into(),
+            "must name an index type, e.g. HNSW".into(),
+        );
     }
     for (k, value) in &spec.index.params {
         if !(value.is_number() || value.is_string() || value.is_boolean()) {
@@ -1072,7 +1099,10 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
         if let Some(q) = sla.min_qps
             && !(q.is_finite() && q >= 0.0)
         {
-            err("spec.sla.minQps".into(), "must be a non-negative number".into());
+            err(
+                "spec.sla.minQps".into(),
+                "must be a non-negative number".into(),
+            );
         }
         if let Some(r) = sla.max_error_ratio
             && !(0.0..=1.0).contains(&r)
@@ -1093,13 +1123,17 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
         if sla.recall_at_least.is_some() && (spec.recall.sample_queries == 0 || c.auto_id) {
             err(
                 "spec.sla.recallAtLeast".into(),
-                "needs recall measurement: recall.sampleQueries > 0 and collection.autoId false".into(),
+                "needs recall measurement: recall.sampleQueries > 0 and collection.autoId false"
+                    .into(),
             );
         }
     }
     if let Some(cap) = &spec.capacity {
         if !(cap.target_qps.is_finite() && cap.target_qps > 0.0) {
-            err("spec.capacity.targetQps".into(), "must be a positive number".into());
+            err(
+                "spec.capacity.targetQps".into(),
+                "must be a positive number".into(),
+            );
         }
         if !(cap.redundancy.is_finite() && cap.redundancy >= 1.0) {
             err(
@@ -1131,7 +1165,10 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
         );
     }
     if spec.workers.max_users_per_worker == 0 {
-        err("spec.workers.maxUsersPerWorker".into(), "must be at least 1".into());
+        err(
+            "spec.workers.maxUsersPerWorker".into(),
+            "must be at least 1".into(),
+        );
     }
     if !(spec.workers.max_rate_per_worker.is_finite() && spec.workers.max_rate_per_worker > 0.0) {
         err(
@@ -1140,7 +1177,10 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
         );
     }
     if spec.workers.replicas == Replicas::Fixed(0) {
-        err("spec.workers.replicas".into(), "must be `auto` or at least 1".into());
+        err(
+            "spec.workers.replicas".into(),
+            "must be `auto` or at least 1".into(),
+        );
     }
     errors
 }
@@ -1154,14 +1194,23 @@ fn validate_workload(
     if w.wait_time.min > w.wait_time.max {
         err(
             "spec.workload.waitTime".into(),
-            format!("min {} is longer than max {}", w.wait_time.min, w.wait_time.max),
+            format!(
+                "min {} is longer than max {}",
+                w.wait_time.min, w.wait_time.max
+            ),
         );
     }
     if w.request_timeout.get().is_zero() {
-        err("spec.workload.requestTimeout".into(), "must be longer than 0".into());
+        err(
+            "spec.workload.requestTimeout".into(),
+            "must be longer than 0".into(),
+        );
     }
     if w.model == LoadModel::Open && w.max_in_flight == 0 {
-        err("spec.workload.maxInFlight".into(), "must be at least 1".into());
+        err(
+            "spec.workload.maxInFlight".into(),
+            "must be at least 1".into(),
+        );
     }
     if w.operations.is_empty() {
         err(
@@ -1181,21 +1230,26 @@ fn validate_workload(
             err(format!("{path}.name"), "must not be empty".into());
         }
         if names.contains(&op.name.as_str()) {
-            err(format!("{path}.name"), format!("`{}` is used twice", op.name));
+            err(
+                format!("{path}.name"),
+                format!("`{}` is used twice", op.name),
+            );
         }
         names.push(&op.name);
-        let mut check_template = |field: &str, template: &str| {
-            for name in crate::data::filter_placeholders(template) {
-                if !scalar_names.contains(&name.as_str()) {
-                    err(
+        let check_template = |field: &str, template: &str| -> Vec<(String, String)> {
+            crate::data::filter_placeholders(template)
+                .into_iter()
+                .filter(|name| !scalar_names.contains(&name.as_str()))
+                .map(|name| {
+                    (
                         format!("{path}.{field}"),
                         format!(
                             "`{{{name}}}` names no scalar field; defined: [{}]",
                             scalar_names.join(", ")
                         ),
-                    );
-                }
-            }
+                    )
+                })
+                .collect()
         };
         match (&op.search, &op.query) {
             (Some(s), None) => {
@@ -1212,14 +1266,18 @@ fn validate_workload(
                     );
                 }
                 if let Some(f) = &s.filter {
-                    check_template("search.filter", f);
+                    for (p, m) in check_template("search.filter", f) {
+                        err(p, m);
+                    }
                 }
             }
             (None, Some(q)) => {
                 if q.expr.trim().is_empty() {
                     err(format!("{path}.query.expr"), "must not be empty".into());
                 }
-                check_template("query.expr", &q.expr);
+                for (p, m) in check_template("query.expr", &q.expr) {
+                    err(p, m);
+                }
                 if q.limit == 0 || q.limit > 16_384 {
                     err(
                         format!("{path}.query.limit"),
@@ -1241,7 +1299,10 @@ fn validate_workload(
         match w.model {
             LoadModel::Closed => {
                 if st.users.is_none() {
-                    err(format!("{path}.users"), "the Closed model needs users in every stage".into());
+                    err(
+                        format!("{path}.users"),
+                        "the Closed model needs users in every stage".into(),
+                    );
                 }
                 match st.spawn_rate {
                     None => err(
@@ -1257,7 +1318,8 @@ fn validate_workload(
                 if st.rate.is_some() {
                     err(
                         format!("{path}.rate"),
-                        "rate belongs to the Open model; set workload.model: Open or use users".into(),
+                        "rate belongs to the Open model; set workload.model: Open or use users"
+                            .into(),
                     );
                 }
             }
@@ -1333,7 +1395,10 @@ spec:
         assert_eq!(st.spec.collection.dimension, 768);
         assert_eq!(st.spec.data.rows, 1_000_000);
         assert_eq!(st.spec.index.params["M"], serde_json::json!(16));
-        assert_eq!(st.spec.workload.operations[2].search.as_ref().unwrap().nq, 5);
+        assert_eq!(
+            st.spec.workload.operations[2].search.as_ref().unwrap().nq,
+            5
+        );
         assert_eq!(
             st.spec.workload.wait_time.max.get(),
             Duration::from_millis(500)
@@ -1352,7 +1417,10 @@ spec:
             panic!("expected invalid");
         };
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec!["spec.collection.dimensions", "spec.data.batchsize"]);
+        assert_eq!(
+            paths,
+            vec!["spec.collection.dimensions", "spec.data.batchsize"]
+        );
     }
 
     #[test]
@@ -1370,7 +1438,10 @@ spec:
     fn every_validation_error_is_reported_at_once() {
         let text = CLASSIC
             .replace("rows: 1000000", "rows: 0")
-            .replace("{duration: 60s, users: 10, spawnRate: 10}", "{duration: 0s, users: 10}")
+            .replace(
+                "{duration: 60s, users: 10, spawnRate: 10}",
+                "{duration: 0s, users: 10}",
+            )
             .replace("weight: 10,", "weight: 0,")
             .replace("weight: 3,", "weight: 0,")
             .replace("weight: 1,", "weight: 0,")
@@ -1389,8 +1460,16 @@ spec:
                 "spec.stages[0].spawnRate",
             ]
         );
-        assert!(errors[2].message.contains("{colour}"), "{}", errors[2].message);
-        assert!(errors[2].message.contains("category"), "{}", errors[2].message);
+        assert!(
+            errors[2].message.contains("{colour}"),
+            "{}",
+            errors[2].message
+        );
+        assert!(
+            errors[2].message.contains("category"),
+            "{}",
+            errors[2].message
+        );
     }
 
     #[test]
@@ -1402,7 +1481,12 @@ spec:
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
-            vec!["spec.stages[0].rate", "spec.stages[0]", "spec.stages[1].rate", "spec.stages[1]"]
+            vec![
+                "spec.stages[0].rate",
+                "spec.stages[0]",
+                "spec.stages[1].rate",
+                "spec.stages[1]"
+            ]
         );
     }
 
@@ -1419,7 +1503,10 @@ spec:
         assert!(p("10d").unwrap_err().contains("unknown unit `d`"));
         assert!(p("").is_err());
         assert!(p("s").is_err());
-        assert_eq!(DurationSpec(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(
+            DurationSpec(Duration::from_millis(250)).to_string(),
+            "250ms"
+        );
         assert_eq!(DurationSpec(Duration::from_secs(60)).to_string(), "60s");
     }
 
@@ -1443,7 +1530,10 @@ spec:
             panic!("expected invalid");
         };
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec!["spec.data.scalars[1]", "spec.data.scalars[2].range"]);
+        assert_eq!(
+            paths,
+            vec!["spec.data.scalars[1]", "spec.data.scalars[2].range"]
+        );
     }
 
     #[test]
