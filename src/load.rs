@@ -19,6 +19,8 @@ use crate::spec::{LoadModel, StressTestSpec};
 const QUERY_POOL: usize = 1024;
 /// A request sent this much later than intended (open model) counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(10);
+/// The key under which per-second windows record every operation.
+pub const ALL_OPS: &str = "all";
 /// How often in-flight requests are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
@@ -287,8 +289,10 @@ impl Recorder {
         }
     }
 
-    /// Applies `f` to the current stage window and to the current second's window.
-    fn with_windows(&self, at: Instant, f: impl Fn(&mut Window)) {
+    /// Applies `f` to the current stage window (under the operation's name) and to the current
+    /// second's window (under [`ALL_OPS`]: the timeline needs totals only, and one histogram per
+    /// second instead of one per operation keeps a long test's memory small).
+    fn with_windows(&self, at: Instant, op: &str, f: impl Fn(&mut Window, &str)) {
         let second = at.saturating_duration_since(self.t0).as_secs();
         let mut st = self.lock();
         let Some(pos) = st.position else { return };
@@ -299,7 +303,7 @@ impl Recorder {
             } else {
                 &mut m.ramp
             };
-            f(w);
+            f(w, op);
             w.users = users;
         }
         let seconds = &mut st.snapshot.seconds;
@@ -315,14 +319,14 @@ impl Recorder {
             }
         }
         if let Some(s) = seconds.last_mut() {
-            f(&mut s.window);
+            f(&mut s.window, ALL_OPS);
             s.window.users = users;
         }
     }
 
     fn record_success(&self, op: &str, latency: Duration, queries: u64, recall: Option<f64>) {
         let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        self.with_windows(Instant::now(), |w| {
+        self.with_windows(Instant::now(), op, |w, op| {
             let o = w.op_mut(op);
             o.record_success(us, queries);
             if let Some(r) = recall {
@@ -333,22 +337,22 @@ impl Recorder {
 
     fn record_failure(&self, op: &str, latency: Duration, kind: &str, message: &str) {
         let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        self.with_windows(Instant::now(), |w| {
+        self.with_windows(Instant::now(), op, |w, op| {
             w.op_mut(op).record_failure(us, kind, message)
         });
     }
 
     fn record_late(&self, op: &str) {
-        self.with_windows(Instant::now(), |w| w.op_mut(op).late += 1);
+        self.with_windows(Instant::now(), op, |w, op| w.op_mut(op).late += 1);
     }
 
     fn record_dropped(&self, op: &str) {
-        self.with_windows(Instant::now(), |w| w.op_mut(op).dropped += 1);
+        self.with_windows(Instant::now(), op, |w, op| w.op_mut(op).dropped += 1);
     }
 
     fn sample_in_flight(&self) {
         let n = self.in_flight();
-        self.with_windows(Instant::now(), |w| w.sample_in_flight(n));
+        self.with_windows(Instant::now(), ALL_OPS, |w, _| w.sample_in_flight(n));
     }
 
     fn record_cpu(&self, sample: CpuSample) {

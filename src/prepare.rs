@@ -518,6 +518,9 @@ pub async fn prepare(
     let wanted = spec.data.rows;
     let mut index_ready = false;
     let existing = if action == CollectionAction::Reused {
+        // Unflushed rows of an interrupted run are invisible to the row count of an unloaded
+        // collection; flushing first makes them count, so they are not inserted twice.
+        client.flush(&name).await?;
         client.row_count(&name).await?
     } else {
         0
@@ -569,7 +572,7 @@ pub async fn prepare(
 
     // 3. Flush.
     let t = Instant::now();
-    if inserted > 0 || existing > 0 {
+    if inserted > 0 {
         progress.finish("flushing…");
         client.flush(&name).await?;
     }
