@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Browser tests need Debian's Chromium.
+if [ ! -x /usr/bin/chromium ] && [ -z "${STAMPEDE_CHROMIUM:-}" ]; then
+  echo "== installing chromium (apt-get) for the browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 started_here=0
 if ! scripts/milvus.sh status >/dev/null 2>&1; then
   scripts/milvus.sh start

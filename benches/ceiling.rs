@@ -1,0 +1,497 @@
+//! Request ceiling of the load engine: how many requests per second one shard of Stampede's real
+//! engine (`load::run_shard` + `Recorder` + `MilvusClient`) drives on one core, against a trivial
+//! in-process Milvus gRPC server that answers every Search at once.
+//!
+//! The server runs on its own tokio runtime (one worker thread, named `ceil-server`), the client
+//! on another (one worker thread, named `ceil-client`), so the CPU of each side is read separately
+//! from `/proc/self/task/<tid>/stat`. The goal (issue): ≥ 50,000 requests/s per client core.
+//!
+//! Run with `cargo bench --bench ceiling`. Environment:
+//! - `CEILING_USERS` (64): closed-model users, wait time 0.
+//! - `CEILING_SECS` (10): stage length, s.
+//! - `CEILING_RUNTIME` (`multi`): `multi` = multi-thread runtime with 1 worker (as `stampede run`
+//!   builds its runtime), `current` = current-thread runtime.
+//! - `CEILING_NQ` (1), `CEILING_DIM` (128): search shape.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use stampede::load::{self, Recorder};
+use stampede::milvus::{ConnectOptions, MilvusClient};
+use stampede::pb::milvus::common as pbc;
+use stampede::pb::milvus::schema as pbs;
+use stampede::pb::milvus::service as pbm;
+use stampede::pb::milvus::service::milvus_service_server::{MilvusService, MilvusServiceServer};
+use tonic::{Request, Response, Status};
+
+/// Reads a numeric environment variable, falling back to `default` when unset or malformed.
+fn env_or(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("ignoring {name}={v:?}: not a number");
+            default
+        }),
+        Err(_) => default,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trivial server
+// ---------------------------------------------------------------------------------------------
+
+/// A Milvus that answers Search instantly with `topk` made-up hits per query.
+#[derive(Default)]
+struct TrivialMilvus {
+    searches: AtomicU64,
+}
+
+fn ok_status() -> Option<pbc::Status> {
+    Some(pbc::Status {
+        error_code: 0,
+        reason: String::new(),
+        code: 0,
+        retriable: false,
+        detail: String::new(),
+    })
+}
+
+fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "{method} is not served by the ceiling benchmark's trivial server"
+    )))
+}
+
+/// topK from the request's search params (`topk`), 10 when absent.
+fn top_k_of(req: &pbm::SearchRequest) -> usize {
+    req.search_params
+        .iter()
+        .find(|kv| kv.key == "topk")
+        .and_then(|kv| kv.value.parse().ok())
+        .unwrap_or(10)
+}
+
+#[tonic::async_trait]
+impl MilvusService for TrivialMilvus {
+    async fn connect(
+        &self,
+        _: Request<pbm::ConnectRequest>,
+    ) -> Result<Response<pbm::ConnectResponse>, Status> {
+        Ok(Response::new(pbm::ConnectResponse {
+            status: ok_status(),
+            server_info: Some(pbc::ServerInfo {
+                build_tags: "ceiling-trivial".to_string(),
+                ..Default::default()
+            }),
+            identifier: 1,
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        _: Request<pbm::GetVersionRequest>,
+    ) -> Result<Response<pbm::GetVersionResponse>, Status> {
+        Ok(Response::new(pbm::GetVersionResponse {
+            status: ok_status(),
+            version: "v0.0.0-ceiling".to_string(),
+        }))
+    }
+
+    async fn check_health(
+        &self,
+        _: Request<pbm::CheckHealthRequest>,
+    ) -> Result<Response<pbm::CheckHealthResponse>, Status> {
+        Ok(Response::new(pbm::CheckHealthResponse {
+            status: ok_status(),
+            is_healthy: true,
+            reasons: Vec::new(),
+        }))
+    }
+
+    async fn search(
+        &self,
+        request: Request<pbm::SearchRequest>,
+    ) -> Result<Response<pbm::SearchResults>, Status> {
+        self.searches.fetch_add(1, Ordering::Relaxed);
+        let req = request.into_inner();
+        let nq = req.nq.max(1) as usize;
+        let k = top_k_of(&req);
+        let ids: Vec<i64> = (0..(nq * k) as i64).collect();
+        let scores: Vec<f32> = (0..nq * k).map(|i| (i % k) as f32 * 0.01).collect();
+        Ok(Response::new(pbm::SearchResults {
+            status: ok_status(),
+            results: Some(pbs::SearchResultData {
+                num_queries: nq as i64,
+                top_k: k as i64,
+                fields_data: Vec::new(),
+                scores,
+                ids: Some(pbs::IDs {
+                    id_field: Some(pbs::i_ds::IdField::IntId(pbs::LongArray { data: ids })),
+                }),
+                topks: vec![k as i64; nq],
+                output_fields: Vec::new(),
+            }),
+            collection_name: req.collection_name,
+        }))
+    }
+
+    async fn create_collection(
+        &self,
+        _: Request<pbm::CreateCollectionRequest>,
+    ) -> Result<Response<pbc::Status>, Status> {
+        unimplemented("CreateCollection")
+    }
+    async fn describe_collection(
+        &self,
+        _: Request<pbm::DescribeCollectionRequest>,
+    ) -> Result<Response<pbm::DescribeCollectionResponse>, Status> {
+        unimplemented("DescribeCollection")
+    }
+    async fn has_collection(
+        &self,
+        _: Request<pbm::HasCollectionRequest>,
+    ) -> Result<Response<pbm::BoolResponse>, Status> {
+        unimplemented("HasCollection")
+    }
+    async fn drop_collection(
+        &self,
+        _: Request<pbm::DropCollectionRequest>,
+    ) -> Result<Response<pbc::Status>, Status> {
+        unimplemented("DropCollection")
+    }
+    async fn get_collection_statistics(
+        &self,
+        _: Request<pbm::GetCollectionStatisticsRequest>,
+    ) -> Result<Response<pbm::GetCollectionStatisticsResponse>, Status> {
+        unimplemented("GetCollectionStatistics")
+    }
+    async fn insert(
+        &self,
+        _: Request<pbm::InsertRequest>,
+    ) -> Result<Response<pbm::MutationResult>, Status> {
+        unimplemented("Insert")
+    }
+    async fn flush(
+        &self,
+        _: Request<pbm::FlushRequest>,
+    ) -> Result<Response<pbm::FlushResponse>, Status> {
+        unimplemented("Flush")
+    }
+    async fn get_flush_state(
+        &self,
+        _: Request<pbm::GetFlushStateRequest>,
+    ) -> Result<Response<pbm::GetFlushStateResponse>, Status> {
+        unimplemented("GetFlushState")
+    }
+    async fn create_index(
+        &self,
+        _: Request<pbm::CreateIndexRequest>,
+    ) -> Result<Response<pbc::Status>, Status> {
+        unimplemented("CreateIndex")
+    }
+    async fn describe_index(
+        &self,
+        _: Request<pbm::DescribeIndexRequest>,
+    ) -> Result<Response<pbm::DescribeIndexResponse>, Status> {
+        unimplemented("DescribeIndex")
+    }
+    async fn get_index_build_progress(
+        &self,
+        _: Request<pbm::GetIndexBuildProgressRequest>,
+    ) -> Result<Response<pbm::GetIndexBuildProgressResponse>, Status> {
+        unimplemented("GetIndexBuildProgress")
+    }
+    async fn drop_index(
+        &self,
+        _: Request<pbm::DropIndexRequest>,
+    ) -> Result<Response<pbc::Status>, Status> {
+        unimplemented("DropIndex")
+    }
+    async fn load_collection(
+        &self,
+        _: Request<pbm::LoadCollectionRequest>,
+    ) -> Result<Response<pbc::Status>, Status> {
+        unimplemented("LoadCollection")
+    }
+    async fn release_collection(
+        &self,
+        _: Request<pbm::ReleaseCollectionRequest>,
+    ) -> Result<Response<pbc::Status>, Status> {
+        unimplemented("ReleaseCollection")
+    }
+    async fn get_load_state(
+        &self,
+        _: Request<pbm::GetLoadStateRequest>,
+    ) -> Result<Response<pbm::GetLoadStateResponse>, Status> {
+        unimplemented("GetLoadState")
+    }
+    async fn get_loading_progress(
+        &self,
+        _: Request<pbm::GetLoadingProgressRequest>,
+    ) -> Result<Response<pbm::GetLoadingProgressResponse>, Status> {
+        unimplemented("GetLoadingProgress")
+    }
+    async fn query(
+        &self,
+        _: Request<pbm::QueryRequest>,
+    ) -> Result<Response<pbm::QueryResults>, Status> {
+        unimplemented("Query")
+    }
+}
+
+/// A running trivial server: its address, its search counter, and how to stop it.
+struct Server {
+    addr: std::net::SocketAddr,
+    svc: Arc<TrivialMilvus>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the trivial server on 127.0.0.1:0 on its own runtime (one worker thread).
+fn start_server() -> Server {
+    let svc = Arc::new(TrivialMilvus::default());
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = Arc::clone(&svc);
+    let thread = std::thread::Builder::new()
+        .name("ceil-srv-main".to_string())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("ceil-server")
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            rt.block_on(async move {
+                let serve = async move {
+                    let incoming = tonic::transport::server::TcpIncoming::bind(
+                        "127.0.0.1:0".parse().expect("address"),
+                    )
+                    .expect("bind 127.0.0.1:0")
+                    .with_nodelay(Some(true));
+                    addr_tx
+                        .send(incoming.local_addr().expect("local address"))
+                        .expect("send address");
+                    tonic::transport::Server::builder()
+                        .add_service(MilvusServiceServer::from_arc(served))
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = shutdown_rx.await;
+                        })
+                        .await
+                        .expect("serve");
+                };
+                // Run the server on the runtime's worker, not on this thread.
+                tokio::spawn(serve).await.expect("server task");
+            });
+        })
+        .expect("server thread");
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server address");
+    Server {
+        addr,
+        svc,
+        shutdown,
+        thread,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread CPU
+// ---------------------------------------------------------------------------------------------
+
+/// CPU seconds (user + system) of every thread of this process, by thread name.
+fn cpu_by_thread_name() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime, stime: fields 14 and 15 of stat(5), the 12th and 13th after the name.
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(u), Some(s)) = (ticks(11), ticks(12)) {
+            *out.entry(name).or_insert(0.0) += (u + s) / 100.0;
+        }
+    }
+    out
+}
+
+fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark
+// ---------------------------------------------------------------------------------------------
+
+fn manifest(addr: std::net::SocketAddr, users: u64, secs: u64, nq: u64, dim: u64) -> String {
+    format!(
+        r#"apiVersion: stampede.dev/v1alpha1
+kind: StressTest
+metadata: {{name: ceiling}}
+spec:
+  target: {{address: "{addr}"}}
+  collection: {{name: ceiling, dimension: {dim}}}
+  data: {{rows: 1000}}
+  index: {{type: FLAT}}
+  workload:
+    model: Closed
+    consistency: Bounded
+    waitTime: {{min: 0ms, max: 0ms}}
+    operations:
+      - {{name: search, weight: 1, search: {{topK: 10, nq: {nq}}}}}
+  stages:
+    - {{duration: {secs}s, users: {users}, spawnRate: {rate}}}
+  recall: {{sampleQueries: 0}}
+"#,
+        rate = users * 100,
+    )
+}
+
+fn main() {
+    let users = env_or("CEILING_USERS", 64);
+    let secs = env_or("CEILING_SECS", 10).clamp(1, 120);
+    let nq = env_or("CEILING_NQ", 1).max(1);
+    let dim = env_or("CEILING_DIM", 128).max(1);
+    let multi = std::env::var("CEILING_RUNTIME").map_or(true, |v| v != "current");
+
+    let server = start_server();
+    let spec = stampede::spec::parse_manifest(
+        &manifest(server.addr, users, secs, nq, dim),
+        "ceiling manifest",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .spec;
+    let plan = Arc::new(load::shard_plan(&spec, 0, 1, None));
+
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ceil-client")
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("client runtime");
+
+    let addr = server.addr.to_string();
+    // The whole client (connect, stage driver, users) runs as one task on the client runtime.
+    let job = async move {
+        let client = MilvusClient::connect(ConnectOptions::new(addr))
+            .await
+            .expect("connect to the trivial server");
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let t0 = Instant::now() + Duration::from_millis(100);
+        let recorder = Arc::new(Recorder::new(0, 1, plan.stages.len(), t0));
+        let cpu_before = cpu_by_thread_name();
+        let wall = Instant::now();
+        load::run_shard(client, plan, Arc::clone(&recorder), t0, stop_rx).await;
+        let wall = wall.elapsed().as_secs_f64();
+        let cpu = delta(&cpu_by_thread_name(), &cpu_before);
+        (recorder.snapshot(), cpu, wall)
+    };
+    let (snapshot, cpu, wall) = if multi {
+        rt.block_on(async { tokio::spawn(job).await.expect("client task") })
+    } else {
+        // current-thread: everything runs on this (the main) thread.
+        rt.block_on(job)
+    };
+
+    let searches = server.svc.searches.load(Ordering::Relaxed);
+    let _ = server.shutdown.send(());
+    let _ = server.thread.join();
+
+    let stage = &snapshot.stages[0];
+    let steady = stage.steady.total();
+    let ramp = stage.ramp.total();
+    let all_requests = steady.requests + ramp.requests;
+    let qps = steady.requests as f64 / stage.steady_seconds.max(1e-9);
+
+    let main_name = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .chars()
+        .take(15)
+        .collect::<String>();
+    let client_threads: Vec<&String> = cpu
+        .keys()
+        .filter(|n| {
+            if multi {
+                n.starts_with("ceil-client")
+            } else {
+                !n.starts_with("ceil-s")
+            }
+        })
+        .collect();
+    let client_cpu: f64 = client_threads.iter().map(|n| cpu[*n]).sum();
+    let server_cpu: f64 = cpu
+        .iter()
+        .filter(|(n, _)| n.starts_with("ceil-s"))
+        .map(|(_, v)| v)
+        .sum();
+    let process_cpu: f64 = cpu.values().sum();
+
+    println!(
+        "request ceiling: 1 shard, {users} users (closed, wait 0), search nq={nq} topK=10 dim={dim}, \
+         client runtime {} with 1 worker, trivial server on its own 1-worker runtime",
+        if multi {
+            "multi-thread"
+        } else {
+            "current-thread"
+        }
+    );
+    println!(
+        "  steady state: {} requests in {:.2} s = {:.0} requests/s, {} failures, in flight mean {:.1} (max {})",
+        steady.requests,
+        stage.steady_seconds,
+        qps,
+        steady.failures,
+        stage.steady.in_flight_mean(),
+        stage.steady.in_flight_max
+    );
+    if let Some((kind, f)) = steady.failures_by_kind.iter().next() {
+        println!("  first failure kind: {kind}: {}", f.example);
+    }
+    println!(
+        "  latency: P50 {} µs, P95 {} µs, P99 {} µs, max {} µs",
+        steady.latency.quantile_us(0.5),
+        steady.latency.quantile_us(0.95),
+        steady.latency.quantile_us(0.99),
+        steady.latency.max_us()
+    );
+    println!(
+        "  whole run ({wall:.2} s wall, ramp + steady + drain): {all_requests} requests recorded, {searches} served"
+    );
+    println!(
+        "  CPU: client thread(s) {client_cpu:.2} s ({:.0} % of one core), server thread(s) {server_cpu:.2} s, whole process {process_cpu:.2} s",
+        100.0 * client_cpu / wall.max(1e-9)
+    );
+    if all_requests > 0 && client_cpu > 0.0 {
+        let per_k = client_cpu / all_requests as f64 * 1000.0;
+        println!(
+            "  client CPU per 1,000 requests: {:.2} ms  ->  {:.0} requests per client CPU-second",
+            per_k * 1000.0,
+            1000.0 / per_k
+        );
+        println!(
+            "  server CPU per 1,000 requests: {:.2} ms",
+            server_cpu / all_requests as f64 * 1e6
+        );
+    }
+    println!("  per thread (CPU s): {cpu:?} (client side: {client_threads:?}; main = {main_name})");
+}
