@@ -952,6 +952,9 @@ const ROW_BLOCK: usize = 4;
 /// Target floats per generated chunk (512 KiB: stays in L2 with the queries).
 const CHUNK_FLOATS: usize = 1 << 17;
 
+/// Fewest rows per chunk worth handing to a thread (unless a chunk that size exceeds L2).
+const MIN_CHUNK_ROWS: usize = 64;
+
 /// Everything a ground-truth worker reads.
 struct Scan<'a> {
     data: &'a VectorGenerator,
@@ -1167,12 +1170,18 @@ pub fn ground_truth(
         Metric::Cosine => queries.chunks_exact(dim).map(l2_norm).collect(),
         Metric::L2 | Metric::Ip => Vec::new(),
     };
-    let chunk_rows = (CHUNK_FLOATS / dim).max(1).next_multiple_of(ROW_BLOCK);
-    let chunks = rows.div_ceil(chunk_rows as u64);
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // Chunks small enough to stay in L2, and numerous enough (~8 per thread) that threads
+    // finishing early find more work; but not so small that per-chunk overhead shows.
+    let by_cache = (CHUNK_FLOATS / dim).max(1);
+    let by_balance = usize::try_from(rows.div_ceil((threads as u64).saturating_mul(8)))
+        .unwrap_or(usize::MAX)
+        .max(MIN_CHUNK_ROWS);
+    let chunk_rows = by_cache.min(by_balance).next_multiple_of(ROW_BLOCK);
+    let chunks = rows.div_ceil(chunk_rows as u64);
     let threads = usize::try_from(chunks)
         .map_or(threads, |c| threads.min(c))
         .max(1);
@@ -1861,31 +1870,35 @@ mod tests {
 
     #[test]
     fn ground_truth_equals_a_naive_search() {
-        let dim = 16;
-        for (dist, normalize) in [
-            (VectorDistribution::Normal, true),
-            (VectorDistribution::Normal, false),
-            (
-                VectorDistribution::Clustered {
-                    centers: 4,
-                    spread: 0.3,
-                },
-                false,
-            ),
-        ] {
-            let data = VectorGenerator::new(dim, dist.clone(), normalize, 99);
-            let queries = data.queries(20);
-            for metric in [Metric::L2, Metric::Ip, Metric::Cosine] {
-                let (ids, dists) = naive_ground_truth(&data, 3000, &queries, 10, metric);
-                for threads in [1, 3] {
-                    let gt = ground_truth(&data, 3000, &queries, 10, metric, threads, &|_| {});
-                    assert_eq!(gt.ids, ids, "{dist:?} {metric:?} threads={threads}");
-                    assert_eq!(
-                        gt.distances.iter().map(|d| bits(d)).collect::<Vec<_>>(),
-                        dists.iter().map(|d| bits(d)).collect::<Vec<_>>()
-                    );
-                    assert_eq!(gt.metric, metric.as_str());
-                    assert_eq!((gt.top_k, gt.rows, gt.seed), (10, 3000, 99));
+        // (3000, 16): whole lane chunks only; (2999, 19): lane tails and leftover rows.
+        for (rows, dim) in [(3000u64, 16usize), (2999, 19)] {
+            for (dist, normalize) in [
+                (VectorDistribution::Normal, true),
+                (VectorDistribution::Normal, false),
+                (
+                    VectorDistribution::Clustered {
+                        centers: 4,
+                        spread: 0.3,
+                    },
+                    false,
+                ),
+            ] {
+                let data = VectorGenerator::new(dim, dist.clone(), normalize, 99);
+                let queries = data.queries(20);
+                for metric in [Metric::L2, Metric::Ip, Metric::Cosine] {
+                    let (ids, dists) = naive_ground_truth(&data, rows, &queries, 10, metric);
+                    for threads in [1, 3] {
+                        let gt = ground_truth(&data, rows, &queries, 10, metric, threads, &|_| {});
+                        let what = format!("{rows}x{dim} {dist:?} {metric:?} threads={threads}");
+                        assert_eq!(gt.ids, ids, "{what}");
+                        assert_eq!(
+                            gt.distances.iter().map(|d| bits(d)).collect::<Vec<_>>(),
+                            dists.iter().map(|d| bits(d)).collect::<Vec<_>>(),
+                            "{what}"
+                        );
+                        assert_eq!(gt.metric, metric.as_str());
+                        assert_eq!((gt.top_k, gt.rows, gt.seed), (10, rows, 99));
+                    }
                 }
             }
         }

@@ -562,12 +562,13 @@ async fn run_open(
         let mut stopped = false;
         if stage.rate > 0.0 {
             let interval = 1.0 / stage.rate;
-            let mut n: u64 = 0;
-            loop {
+            // Arrivals at n/rate for n = 0.. while before the stage end; counted up front so
+            // float rounding of the last instant cannot add or lose one.
+            let arrivals = (stage.duration.as_secs_f64() * stage.rate - 1e-9)
+                .ceil()
+                .max(0.0) as u64;
+            for n in 0..arrivals {
                 let intended = stage_start + Duration::from_secs_f64(n as f64 * interval);
-                if intended >= stage_end {
-                    break;
-                }
                 if intended > Instant::now() && sleep_or_stop(intended, stop).await {
                     stopped = true;
                     break;
@@ -590,7 +591,6 @@ async fn run_open(
                 }
                 // Reap finished tasks so the set does not grow for the whole test.
                 while tasks.try_join_next().is_some() {}
-                n += 1;
             }
         } else if sleep_or_stop(stage_end, stop).await {
             stopped = true;
