@@ -12,6 +12,10 @@
 //! - `CEILING_RUNTIME` (`multi`): `multi` = multi-thread runtime with 1 worker (as `stampede run`
 //!   builds its runtime), `current` = current-thread runtime.
 //! - `CEILING_NQ` (1), `CEILING_DIM` (128): search shape.
+//! - `CEILING_MODE` (`engine`): `engine` = `load::run_shard` (the benchmark proper); `client` =
+//!   `MilvusClient::search` looped by plain tasks (the client library without the engine); `raw` =
+//!   the generated tonic client on a default channel (the floor tonic + hyper + h2 set;
+//!   `CEILING_RAW_ADAPTIVE=1` gives it MilvusClient's HTTP/2 settings).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -493,12 +497,18 @@ async fn run_client(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: 
 /// that tonic + hyper + h2 set.
 async fn run_raw(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: u64) -> Measured {
     use stampede::pb::milvus::service::milvus_service_client::MilvusServiceClient;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect");
+        .tcp_nodelay(true);
+    if std::env::var("CEILING_RAW_ADAPTIVE").is_ok_and(|v| v == "1") {
+        // The HTTP/2 settings MilvusClient::connect uses (src/milvus.rs), to isolate their cost.
+        endpoint = endpoint
+            .http2_keep_alive_interval(Duration::from_secs(55))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .http2_adaptive_window(true);
+    }
+    let channel = endpoint.connect().await.expect("connect");
     let client = MilvusServiceClient::new(channel);
     let mut placeholder = Vec::new();
     // PlaceholderGroup { placeholders: [{ tag: "$0", type: FloatVector, values: [vector] }] }

@@ -25,4 +25,4 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --all-targets 2>&1 | tee target/test-output.log
+cargo test --no-fail-fast 2>&1 | tee target/test-output.log

@@ -20,6 +20,9 @@ pub enum CliError {
     /// Prepare failed.
     #[error(transparent)]
     Prepare(#[from] PrepareError),
+    /// Reports could not be written or read.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     /// A local problem (runtime, files).
     #[error("{0}")]
     Runtime(String),
@@ -101,6 +104,7 @@ pub struct PrepareCommand {
 pub async fn prepare(cmd: PrepareCommand) -> Result<ExitCode, CliError> {
     let st = crate::spec::load_manifest(&cmd.file)?;
     let opts = connect_options(&st.spec, cmd.target.as_deref())?;
+    tracing::info!(address = %opts.address, database = %opts.database, "connecting to Milvus");
     let client = MilvusClient::connect(opts).await?;
     if cmd.progress {
         eprintln!(
@@ -165,8 +169,7 @@ pub fn render_prepare_summary(s: &PrepareSummary) -> String {
 
 /// `stampede report DIR`.
 pub fn report(dir: &Path, prefix: &str) -> Result<ExitCode, CliError> {
-    let written =
-        crate::report::rerender(dir, prefix).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let written = crate::report::rerender(dir, prefix)?;
     for p in written {
         println!("{}", p.display());
     }

@@ -12,7 +12,12 @@ use stampede::spec::StressTest;
 
 /// Capacity and stress tests for Milvus vector databases.
 #[derive(Parser, Debug)]
-#[command(name = "stampede", version, about, long_about = None)]
+#[command(
+    name = "stampede",
+    version,
+    about = "Capacity and stress tests for Milvus vector databases: prepare data, run load stages, report QPS, latency percentiles, recall, saturation, SLA verdicts and a capacity plan.",
+    long_about = None
+)]
 struct Cli {
     /// More detail: -v shows the cause chain of errors and info logs, -vv debug logs.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -187,6 +192,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -351,10 +351,11 @@ pub fn bytes_per_row(spec: &StressTestSpec) -> usize {
         .iter()
         .map(|s| match &s.values {
             Some(values) => values.iter().map(|v| v.len()).max().unwrap_or(0) + 2,
-            None => 8,
+            // A negative INT64 takes 10 bytes as a protobuf varint.
+            None => 10,
         })
         .sum();
-    spec.collection.dimension as usize * 4 + 8 + scalars
+    spec.collection.dimension as usize * 4 + 10 + scalars
 }
 
 /// Builds the insert columns for the given row numbers.
@@ -683,6 +684,23 @@ async fn missing_rows(
 ) -> Result<Vec<std::ops::Range<u64>>, PrepareError> {
     let name = &spec.collection.name;
     let pk = &spec.collection.primary_field;
+    let beyond = client
+        .query(
+            name,
+            &format!("{pk} >= {wanted}"),
+            std::slice::from_ref(pk),
+            Some(1),
+            crate::milvus::ConsistencyLevel::Strong,
+        )
+        .await?;
+    if beyond.rows > 0 {
+        return Err(PrepareError::Rows {
+            collection: name.clone(),
+            message: format!(
+                "it holds rows with {pk} >= {wanted}, beyond spec.data.rows; set rows to the collection's size or use onExisting: Recreate"
+            ),
+        });
+    }
     let mut missing = Vec::new();
     let mut start = 0;
     while start < wanted {

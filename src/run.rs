@@ -76,6 +76,7 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         ))
     })?;
     let address = opts.target.clone().unwrap_or(spec.target.address.clone());
+    tracing::info!(%address, database = %spec.target.database, "connecting to Milvus");
     let client = MilvusClient::connect(connect_options(&spec, opts.target.as_deref())?).await?;
     if opts.progress {
         eprintln!(
@@ -176,8 +177,7 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         },
         merged,
     );
-    let written = crate::report::write_all(&output, &result, &opts.csv_prefix)
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let written = crate::report::write_all(&output, &result, &opts.csv_prefix)?;
     print!("{}", crate::report::render_terminal_summary(&result));
     println!("\nresults: {}", output.display());
     for p in written {

@@ -530,7 +530,7 @@ async fn an_index_type_milvus_rejects_fails_with_milvus_message() {
 async fn a_batch_above_the_message_limit_is_split_and_all_rows_arrive() {
     let client = connect().await;
     let (name, _guard) = fresh(&client, "big_batch").await;
-    // 17,000 rows × 4,104 bytes = 69.8 MB in one batch: above the 60 MiB cap of prepare and
+    // 17,000 rows × 4,106 bytes = 69.8 MB in one batch: above the 60 MiB cap of prepare and
     // above the 64 MiB Milvus accepts (16,000 rows, 65.7 MB, would still fit under Milvus's
     // limit and so would not show that the split is needed).
     let s = spec(
@@ -539,8 +539,8 @@ async fn a_batch_above_the_message_limit_is_split_and_all_rows_arrive() {
         FLAT,
         NO_RECALL,
     );
-    assert_eq!(bytes_per_row(&s), 1024 * 4 + 8);
-    assert_eq!(MAX_INSERT_REQUEST_BYTES / bytes_per_row(&s), 15_330);
+    assert_eq!(bytes_per_row(&s), 1024 * 4 + 10);
+    assert_eq!(MAX_INSERT_REQUEST_BYTES / bytes_per_row(&s), 15_322);
     assert_eq!(
         plan_batches(
             0..17_000,
@@ -548,7 +548,7 @@ async fn a_batch_above_the_message_limit_is_split_and_all_rows_arrive() {
             bytes_per_row(&s),
             MAX_INSERT_REQUEST_BYTES
         ),
-        vec![0..15_330, 15_330..17_000]
+        vec![0..15_322, 15_322..17_000]
     );
     // The 16,000-row batch of the same rows is split in two as well.
     assert_eq!(
@@ -558,7 +558,7 @@ async fn a_batch_above_the_message_limit_is_split_and_all_rows_arrive() {
             bytes_per_row(&s),
             MAX_INSERT_REQUEST_BYTES
         ),
-        vec![0..15_330, 15_330..16_000]
+        vec![0..15_322, 15_322..16_000]
     );
 
     let summary = run(&client, &s).await;
