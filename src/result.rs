@@ -197,48 +197,40 @@ pub fn build_result(spec: &StressTestSpec, ctx: RunContext, merged: Snapshot) ->
         ramps.push(analysis::summarize_stage(&ramp, users, rate));
     }
 
-    let mut all = OpWindow::default();
+    // All steady states as one window: totals and per-operation figures come from the same
+    // summary function as the stages, over the merged histograms.
     let mut per_op: BTreeMap<String, OpWindow> = BTreeMap::new();
     let mut seconds = 0.0;
     for m in &merged.stages {
         seconds += m.steady_seconds;
         for (name, w) in &m.steady.ops {
-            all.merge(w);
             per_op.entry(name.clone()).or_default().merge(w);
         }
     }
-    let ms = |us: u64| us as f64 / 1000.0;
-    let totals = Totals {
-        requests: all.requests,
-        failures: all.failures,
-        queries: all.queries,
-        qps: if seconds > 0.0 {
-            all.requests as f64 / seconds
-        } else {
-            0.0
-        },
-        p50_ms: ms(all.latency.quantile_us(0.5)),
-        p95_ms: ms(all.latency.quantile_us(0.95)),
-        p99_ms: ms(all.latency.quantile_us(0.99)),
-        max_ms: ms(all.latency.max_us()),
-        error_ratio: if all.requests > 0 {
-            all.failures as f64 / all.requests as f64
-        } else {
-            0.0
-        },
-        recall: all.recall(),
-    };
     let totals_measurement = crate::metrics::StageMeasurement {
         stage: 0,
         steady: crate::metrics::Window {
-            ops: per_op.clone(),
+            ops: per_op,
             ..Default::default()
         },
         steady_seconds: seconds,
         complete: true,
         ..Default::default()
     };
-    let operations = analysis::summarize_stage(&totals_measurement, None, None).operations;
+    let all = analysis::summarize_stage(&totals_measurement, None, None);
+    let totals = Totals {
+        requests: all.requests,
+        failures: all.failures,
+        queries: all.queries,
+        qps: all.qps,
+        p50_ms: all.p50_ms,
+        p95_ms: all.p95_ms,
+        p99_ms: all.p99_ms,
+        max_ms: all.max_ms,
+        error_ratio: all.error_ratio,
+        recall: all.recall,
+    };
+    let operations = all.operations;
 
     let mut failures = Vec::new();
     for m in &merged.stages {
@@ -290,6 +282,7 @@ pub fn build_result(spec: &StressTestSpec, ctx: RunContext, merged: Snapshot) ->
         }
     });
 
+    let ms = |us: u64| us as f64 / 1000.0;
     let series = merged
         .seconds
         .iter()
