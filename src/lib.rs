@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod chart;
 pub mod cli;
+pub mod controller;
 pub mod data;
 pub mod load;
 pub mod metrics;

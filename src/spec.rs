@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "stampede.dev";
 
 /// A capacity/stress test against one Milvus collection.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+// KubeSchema (instead of JsonSchema) adds the CEL rules below to the CRD; they mirror the stage
+// checks of `validate` so `kubectl apply` rejects a stage that does not fit the load model.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[kube(
     group = "stampede.dev",
     version = "v1alpha1",
@@ -30,6 +32,20 @@ pub const GROUP: &str = "stampede.dev";
     printcolumn = r#"{"name":"P99","type":"string","jsonPath":".status.totals.p99"}"#,
     printcolumn = r#"{"name":"SLA","type":"string","jsonPath":".status.sla.verdict"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = ::kube::core::Rule::new(
+        "(has(self.workload) && has(self.workload.model) && self.workload.model == 'Open') || !has(self.stages) || self.stages.all(s, has(s.users) && has(s.spawnRate) && !has(s.rate))"
+    )
+    .message("the Closed model needs users and spawnRate (and no rate) in every stage")
+    .field_path(".stages")
+    .reason(::kube::core::Reason::FieldValueRequired),
+    validation = ::kube::core::Rule::new(
+        "!(has(self.workload) && has(self.workload.model) && self.workload.model == 'Open') || !has(self.stages) || self.stages.all(s, has(s.rate) && !has(s.users) && !has(s.spawnRate))"
+    )
+    .message("the Open model needs a rate (and no users or spawnRate) in every stage")
+    .field_path(".stages")
+    .reason(::kube::core::Reason::FieldValueRequired)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StressTestSpec {
@@ -699,22 +715,337 @@ pub struct CleanupSpec {
     pub ttl_seconds_after_finished: Option<u32>,
 }
 
-/// Observed state of a StressTest.
+/// Observed state of a StressTest: progress while it runs, then the results. Compact by design
+/// (no histograms, no per-second series): the full result goes to the report ConfigMap.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StressTestStatus {
-    /// Pending, Preparing, Running, Analyzing, Succeeded or Failed.
+    /// Where the test is: Pending, Preparing, Running, Analyzing, Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Stage being run, e.g. `3/5 (100 users)`.
+    /// When the test started (prepare included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the test ended, successfully or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Stage being run (or the last one run), e.g. `2/5 (50 users)` or `3/4 (500/s)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<String>,
-    /// Human-readable state or error.
+    /// Human-readable state, result or error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Standard conditions, by type: Prepared, WorkersReady, Complete, SLAMet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// Per stage, steady state, in the order run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    /// Per operation, over every stage's steady state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<OperationStatus>,
+    /// All operations over every stage's steady state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<TotalsStatus>,
+    /// The highest-QPS valid stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<PeakStatus>,
+    /// Where more load stopped buying throughput; absent when throughput kept growing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<SaturationStatus>,
+    /// The SLA verdict; absent when the spec sets no SLA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<SlaStatus>,
+    /// Query nodes needed for spec.capacity.targetQps; absent without spec.capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityStatus>,
+    /// Mean recall@k over every search that used a ground-truth query, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
+    /// Where the full report is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportStatus>,
+}
+
+/// The phase of a StressTest.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing started yet.
+    #[default]
+    Pending,
+    /// The prepare Job is loading data and building the index.
+    Preparing,
+    /// The workers are running the stages.
+    Running,
+    /// The stages are over; results are being merged and analysed.
+    Analyzing,
+    /// The test ran to its end (the SLA verdict is in the SLAMet condition).
+    Succeeded,
+    /// The test could not run or did not finish (see message and conditions).
+    Failed,
+}
+
+impl Phase {
+    /// The name as written in status.phase.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Preparing => "Preparing",
+            Phase::Running => "Running",
+            Phase::Analyzing => "Analyzing",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Succeeded or Failed: nothing more happens until the spec changes.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stage's steady state.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Stage number, from 1 (as in currentStage).
+    pub stage: u32,
+    /// Users asked for (Closed model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    /// Arrival rate asked for, requests/s (Open model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Completed requests, successes + failures.
+    pub requests: u64,
+    /// Failed requests.
+    pub failures: u64,
+    /// Completed requests per second.
+    pub qps: f64,
+    /// Median latency of successful requests, ms.
+    pub p50_ms: f64,
+    /// 95th percentile latency, ms.
+    pub p95_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Slowest successful request, ms.
+    pub max_ms: f64,
+    /// Mean recall@k, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
+    /// Mean requests in flight: the concurrency actually achieved.
+    pub in_flight_mean: f64,
+    /// Most requests in flight at once.
+    pub in_flight_max: u64,
+    /// Whether the stage measured something usable.
+    pub valid: bool,
+    /// Why it did not, when `valid` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One operation over every stage's steady state.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationStatus {
+    /// Operation name from spec.workload.operations.
+    pub name: String,
+    /// Completed requests, successes + failures.
+    pub requests: u64,
+    /// Failed requests.
+    pub failures: u64,
+    /// Completed requests per second.
+    pub qps: f64,
+    /// 95th percentile latency, ms.
+    pub p95_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+}
+
+/// All operations over every stage's steady state.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalsStatus {
+    /// Completed requests per second (the QPS printer column).
+    pub qps: f64,
+    /// 95th percentile latency for display, e.g. `12.3ms` (the P95 printer column).
+    pub p95: String,
+    /// 99th percentile latency for display, e.g. `48.1ms` (the P99 printer column).
+    pub p99: String,
+    /// Completed requests, successes + failures.
+    pub requests: u64,
+    /// Failed requests.
+    pub failures: u64,
+    /// Failed share of completed requests.
+    pub error_ratio: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 95th percentile latency, ms.
+    pub p95_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Slowest successful request, ms.
+    pub max_ms: f64,
+}
+
+/// The highest-QPS valid stage.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeakStatus {
+    /// Stage number, from 1.
+    pub stage: u32,
+    /// Users of that stage (Closed model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    /// Rate of that stage, requests/s (Open model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Its QPS.
+    pub qps: f64,
+}
+
+/// The first stage where more load stopped buying throughput.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SaturationStatus {
+    /// Stage number, from 1.
+    pub stage: u32,
+    /// Users of that stage (Closed model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    /// Rate of that stage, requests/s (Open model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Its QPS.
+    pub qps: f64,
+    /// A sentence with the numbers that show it.
+    pub reason: String,
+}
+
+/// PASS or FAIL, as the SLA printer column shows it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SlaVerdictLabel {
+    /// Every criterion met.
+    #[default]
+    #[serde(rename = "PASS")]
+    Pass,
+    /// At least one criterion missed.
+    #[serde(rename = "FAIL")]
+    Fail,
+}
+
+/// The SLA verdict.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlaStatus {
+    /// PASS or FAIL (the SLA printer column).
+    pub verdict: SlaVerdictLabel,
+    /// The SLA is met.
+    pub passed: bool,
+    /// Highest QPS of a valid stage meeting every latency, error and recall criterion; 0 when
+    /// none did.
+    pub capacity_at_sla_qps: f64,
+    /// Each criterion against the best stage (or the highest-QPS one when none met them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<SlaCheckStatus>,
+}
+
+/// One SLA criterion against one observation.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlaCheckStatus {
+    /// Criterion as named in spec.sla: minQps, maxP95, maxP99, maxErrorRatio, recallAtLeast
+    /// (validStage when no stage measured anything usable).
+    pub name: String,
+    /// What was asked, e.g. `≤ 100 ms`.
+    pub target: String,
+    /// What was measured, e.g. `87 ms`.
+    pub observed: String,
+    /// Whether the observation meets the target.
+    pub passed: bool,
+}
+
+/// How many query nodes spec.capacity.targetQps needs.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityStatus {
+    /// Measured QPS per query node.
+    pub per_node_qps: f64,
+    /// Query nodes for the target QPS.
+    pub nodes_for_target: u64,
+    /// Query nodes with spec.capacity.redundancy applied.
+    pub with_redundancy: u64,
+    /// What the per-node figure is based on: `capacity at SLA` or `peak QPS (no SLA set)`.
+    pub basis: String,
+}
+
+/// Where the full report is.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportStatus {
+    /// Name of the ConfigMap (same namespace) holding result.json and the CSV files.
+    pub config_map: String,
+}
+
+/// Condition types and reasons of a StressTest's status: use these, never ad-hoc strings.
+pub mod conditions {
+    /// The collection is ready: data inserted, index built, collection loaded.
+    pub const PREPARED: &str = "Prepared";
+    /// Every worker pod is serving and ready to start.
+    pub const WORKERS_READY: &str = "WorkersReady";
+    /// The test ran to its end (False when it could not run or stopped early).
+    pub const COMPLETE: &str = "Complete";
+    /// The result meets spec.sla.
+    pub const SLA_MET: &str = "SLAMet";
+
+    /// Condition status: the condition holds.
+    pub const TRUE: &str = "True";
+    /// Condition status: the condition does not hold.
+    pub const FALSE: &str = "False";
+    /// Condition status: not known yet.
+    pub const UNKNOWN: &str = "Unknown";
+
+    /// Reasons, CamelCase as Kubernetes expects.
+    pub mod reasons {
+        /// The spec has field errors; nothing runs until it changes.
+        pub const INVALID_SPEC: &str = "InvalidSpec";
+        /// The prepare Job is running.
+        pub const PREPARING: &str = "Preparing";
+        /// The prepare Job succeeded.
+        pub const PREPARE_SUCCEEDED: &str = "PrepareSucceeded";
+        /// The prepare Job failed.
+        pub const PREPARE_FAILED: &str = "PrepareFailed";
+        /// Worker pods are being created or are not ready yet.
+        pub const WORKERS_STARTING: &str = "WorkersStarting";
+        /// Every worker pod is ready.
+        pub const WORKERS_RUNNING: &str = "WorkersRunning";
+        /// A worker pod was lost during the run.
+        pub const WORKER_LOST: &str = "WorkerLost";
+        /// The stages are running.
+        pub const RUNNING: &str = "Running";
+        /// Every stage ran to its end.
+        pub const RUN_SUCCEEDED: &str = "RunSucceeded";
+        /// The run stopped before its last stage ended.
+        pub const RUN_INCOMPLETE: &str = "RunIncomplete";
+        /// The run failed (see the message).
+        pub const RUN_FAILED: &str = "RunFailed";
+        /// Every SLA criterion was met.
+        pub const SLA_PASSED: &str = "SLAPassed";
+        /// At least one SLA criterion was missed.
+        pub const SLA_FAILED: &str = "SLAFailed";
+        /// The spec sets no SLA, so there is nothing to miss.
+        pub const NO_SLA: &str = "NoSLA";
+    }
 }
 
 /// A duration written as `500ms`, `60s`, `5m`, `1h` or combinations such as `1m30s`.
