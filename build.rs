@@ -1,6 +1,9 @@
 //! Compiles `proto/` with protox (pure Rust, no system protoc) and generates tonic clients.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/milvus/milvus.proto"];
+    let files = [
+        "proto/milvus/milvus.proto",
+        "proto/stampede/v1/worker.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -56,6 +56,33 @@ enum Command {
     Validate(FileArgs),
     /// Print the CustomResourceDefinitions (generated from the Rust types) as YAML.
     Crd,
+    /// Run one shard of a StressTest's load as a worker pod does: serve gRPC (Start, Snapshot,
+    /// Stop) and run the stages from the instant Start names. Exit 0 after a run.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// StressTest manifest (YAML), or the resolved plan the controller mounts.
+    #[arg(long)]
+    plan: PathBuf,
+    /// This worker's shard as INDEX/COUNT, e.g. 0/4 [default: JOB_COMPLETION_INDEX/STAMPEDE_SHARDS].
+    #[arg(long)]
+    shard: Option<stampede::worker::ShardIndex>,
+    /// Address to serve gRPC on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: std::net::SocketAddr,
+    /// Milvus address to use instead of spec.target.address (e.g. 127.0.0.1:19530).
+    #[arg(long, env = "STAMPEDE_TARGET")]
+    target: Option<String>,
+    /// Ground truth written by `stampede prepare` [default: computed here when
+    /// spec.recall.sampleQueries > 0].
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
+    /// How long a finished worker keeps serving its snapshot before exiting, unless Stop comes
+    /// first (e.g. 10m, 30s).
+    #[arg(long, default_value = "10m")]
+    linger: stampede::spec::DurationSpec,
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +165,16 @@ fn main() -> ExitCode {
                     csv_prefix: a.csv_prefix,
                 },
             ))
+        }),
+        Command::Worker(a) => runtime().and_then(|rt| {
+            rt.block_on(stampede::worker::run(stampede::worker::WorkerOptions {
+                plan: a.plan,
+                shard: a.shard,
+                listen: a.listen,
+                target: a.target,
+                ground_truth: a.ground_truth,
+                linger: a.linger.get(),
+            }))
         }),
         Command::Prepare(a) => runtime().and_then(|rt| {
             rt.block_on(cli::prepare(cli::PrepareCommand {

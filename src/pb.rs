@@ -16,3 +16,9 @@ pub mod milvus {
         tonic::include_proto!("milvus.proto.milvus");
     }
 }
+
+/// Stampede's own gRPC API (`proto/stampede/v1/`): the load worker's service.
+pub mod stampede_v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("stampede.v1");
+}
