@@ -59,6 +59,30 @@ enum Command {
     /// Run one shard of a StressTest's load as a worker pod does: serve gRPC (Start, Snapshot,
     /// Stop) and run the stages from the instant Start names. Exit 0 after a run.
     Worker(WorkerArgs),
+    /// Run the operator: watch StressTests, create their prepare and worker Jobs, collect the
+    /// workers' measurements and write results into status (uses the in-cluster or kubeconfig
+    /// credentials).
+    Controller(ControllerArgs),
+}
+
+#[derive(Args, Debug)]
+struct ControllerArgs {
+    /// Image of the prepare and worker pods.
+    #[arg(
+        long,
+        env = "STAMPEDE_IMAGE",
+        default_value = "ghcr.io/stampede-dev/stampede:latest"
+    )]
+    image: String,
+    /// Port the workers serve gRPC on.
+    #[arg(long, env = "STAMPEDE_WORKER_PORT", default_value_t = stampede::worker::DEFAULT_PORT)]
+    worker_port: u16,
+    /// Watch only this namespace [default: all namespaces].
+    #[arg(long, env = "STAMPEDE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the /healthz and /readyz server.
+    #[arg(long, env = "STAMPEDE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: std::net::SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +199,27 @@ fn main() -> ExitCode {
                 ground_truth: a.ground_truth,
                 linger: a.linger.get(),
             }))
+        }),
+        Command::Controller(a) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    CliError::Runtime(format!(
+                        "cannot connect to the Kubernetes API: {e} (set KUBECONFIG or run in a pod with a service account)"
+                    ))
+                })?;
+                stampede::controller::reconcile::run_controller(
+                    client,
+                    stampede::controller::reconcile::ControllerOptions {
+                        image: a.image,
+                        worker_port: a.worker_port,
+                        namespace: a.namespace,
+                        health_addr: Some(a.health_addr),
+                    },
+                )
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+                Ok(ExitCode::SUCCESS)
+            })
         }),
         Command::Prepare(a) => runtime().and_then(|rt| {
             rt.block_on(cli::prepare(cli::PrepareCommand {

@@ -3,4 +3,6 @@
 //! are unit-tested without a cluster.
 
 pub mod builders;
+pub mod decide;
+pub mod reconcile;
 pub mod status;
