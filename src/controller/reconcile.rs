@@ -232,6 +232,23 @@ pub async fn reconcile(st: Arc<StressTest>, ctx: Arc<Context>) -> Result<Requeue
         forget(&ctx, &uid).await;
         return Ok(Requeue::await_change());
     }
+    // Decide on the test as the API server has it now, not as the watch cache last saw it: a
+    // reconcile triggered by a child (e.g. the report ConfigMap written by the previous
+    // reconcile) can run before our own status write reaches the cache, and would then redo
+    // a finished phase against workers that were already stopped.
+    let tests: Api<StressTest> = Api::namespaced(ctx.client.clone(), &ns);
+    let st = match tests
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("read StressTest {ns}/{name}")))?
+    {
+        Some(fresh) if fresh.metadata.uid.as_deref() == Some(uid.as_str()) => Arc::new(fresh),
+        _ => return Ok(Requeue::await_change()),
+    };
+    if st.metadata.deletion_timestamp.is_some() {
+        forget(&ctx, &uid).await;
+        return Ok(Requeue::await_change());
+    }
 
     let observed = observe(&st, &ctx, &name, &ns, &uid).await?;
     let now = (ctx.clock)();

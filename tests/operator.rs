@@ -1,0 +1,484 @@
+//! End to end through the operator: the in-repo API server, the kubelet stand-in running pods as
+//! local processes, the real `stampede controller` as a child process, `kubectl apply`, and the
+//! real local Milvus.
+
+mod common;
+mod support;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::Api;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
+use serde_json::Value;
+use stampede::controller::decide::{
+    ANNOTATION_START_UNIX_MS, REPORT_RESULT_KEY, report_configmap_name,
+};
+use stampede::result::RunResult;
+use support::apiserver::ApiServer;
+use support::kubelet::Kubelet;
+
+const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stresstest.yaml");
+const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
+
+/// One test against Milvus at a time: two cores are shared, and the latency figures of one test
+/// must not measure the other.
+static MILVUS: Mutex<()> = Mutex::new(());
+
+/// The `stampede controller` child process; killed on drop.
+struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    /// Starts a controller that writes its log to `stderr`.
+    fn start(server: &ApiServer, stderr: &Path) -> Controller {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(STAMPEDE)
+            .args(["controller", "--health-addr", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", server.kubeconfig_path())
+            .env("STAMPEDE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Controller { child }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// API server, kubelet, the CRD applied and a controller running.
+struct Env {
+    // Dropped in this order: the controller first, the server last.
+    controller: Option<Controller>,
+    kubelet: Kubelet,
+    server: ApiServer,
+    dir: tempfile::TempDir,
+    controllers_started: usize,
+}
+
+impl Env {
+    fn start() -> Env {
+        let server = ApiServer::start();
+        let kubelet = Kubelet::start(&server, STAMPEDE.into());
+        server.kubectl_ok(&["apply", "-f", CRD]);
+        let mut env = Env {
+            controller: None,
+            kubelet,
+            server,
+            dir: tempfile::tempdir().unwrap(),
+            controllers_started: 0,
+        };
+        env.start_controller();
+        env
+    }
+
+    fn start_controller(&mut self) {
+        self.controllers_started += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("controller-{}.stderr", self.controllers_started));
+        self.controller = Some(Controller::start(&self.server, &log));
+    }
+
+    fn kill_controller(&mut self) {
+        self.controller = None;
+    }
+
+    fn apply(&self, name: &str, body: &str) {
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, body).unwrap();
+        self.server
+            .kubectl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    fn get_st(&self, name: &str) -> Value {
+        serde_json::from_str(&self.server.kubectl_ok(&["get", "st", name, "-o", "json"])).unwrap()
+    }
+
+    /// Everything useful when a run did not end as expected.
+    fn diagnostics(&self, st: &Value) -> String {
+        let mut out = String::new();
+        for i in 1..=self.controllers_started {
+            let log =
+                std::fs::read_to_string(self.dir.path().join(format!("controller-{i}.stderr")))
+                    .unwrap_or_default();
+            out.push_str(&format!("--- controller {i} stderr\n{log}\n"));
+        }
+        for pod in self.server.list("", "pods") {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            out.push_str(&format!("--- pod {name}\n{}\n", self.kubelet.logs(name)));
+        }
+        out.push_str(&format!(
+            "--- status\n{}\n",
+            serde_json::to_string_pretty(&st["status"]).unwrap()
+        ));
+        out
+    }
+
+    /// Polls until `done` holds for the StressTest.
+    fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.get_st(name);
+            if done(&st) {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: no {what} in {timeout:?}\n{}",
+                    self.diagnostics(&st)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Polls until the StressTest's phase is Succeeded or Failed.
+    fn wait_finished(&self, name: &str, timeout: Duration) -> Value {
+        self.wait_for(name, "end", timeout, |st| {
+            matches!(
+                st["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            )
+        })
+    }
+
+    /// The run result in the report ConfigMap, gunzipped.
+    fn report(&self, name: &str, st: &Value) -> RunResult {
+        let report_name = report_configmap_name(name);
+        let cm = self
+            .server
+            .get("", "configmaps", "default", &report_name)
+            .unwrap_or_else(|| panic!("no ConfigMap {report_name}\n{}", self.diagnostics(st)));
+        let b64 = cm["binaryData"][REPORT_RESULT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("no binaryData {REPORT_RESULT_KEY} in {cm:#}"));
+        let gz = base64_decode(b64);
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut json)
+            .unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+}
+
+fn stresstests(server: &ApiServer) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("stampede.dev", "v1alpha1", "StressTest");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "stresstests");
+    Api::namespaced_with(server.client(), "default", &ar)
+}
+
+/// A small StressTest: 1,000 rows × 16 dims, FLAT, two closed stages of 2 then 4 users, two
+/// workers, an SLA that passes.
+fn manifest(name: &str, collection: &str, rows: u64, stage_seconds: u32) -> String {
+    format!(
+        r#"apiVersion: stampede.dev/v1alpha1
+kind: StressTest
+metadata:
+  name: {name}
+spec:
+  target: {{address: "{addr}"}}
+  collection: {{name: {collection}, dimension: 16, onExisting: Recreate}}
+  data: {{rows: {rows}, batchSize: 1000}}
+  index: {{type: FLAT}}
+  workload:
+    model: Closed
+    operations: [{{name: search, weight: 1, search: {{topK: 10}}}}]
+  stages:
+    - {{duration: {stage_seconds}s, users: 2, spawnRate: 10}}
+    - {{duration: {stage_seconds}s, users: 4, spawnRate: 10}}
+  workers: {{replicas: 2}}
+  sla: {{maxP99: 10s}}
+  capacity: {{targetQps: 1000}}
+  recall: {{sampleQueries: 20, topK: 10}}
+"#,
+        addr = common::milvus_addr()
+    )
+}
+
+fn condition<'a>(st: &'a Value, kind: &str) -> &'a Value {
+    st["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no condition {kind} in {:#}", st["status"]))
+}
+
+/// Watch events on one StressTest (a kube-rs watcher on a thread of its own): every MODIFIED
+/// event, and those that changed the status.
+#[derive(Default)]
+struct Modifications {
+    all: AtomicU64,
+    status: AtomicU64,
+}
+
+fn count_modifications(server: &ApiServer, name: &str) -> Arc<Modifications> {
+    let count = Arc::new(Modifications::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = {
+        let _guard = rt.enter();
+        stresstests(server)
+    };
+    let counter = count.clone();
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let mut events = watcher(api, config).boxed();
+            let mut last: Option<(String, Value)> = None;
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event {
+                    let rv = o.metadata.resource_version.clone().unwrap_or_default();
+                    let status = o.data.get("status").cloned().unwrap_or(Value::Null);
+                    if let Some((last_rv, last_status)) = &last
+                        && *last_rv != rv
+                    {
+                        counter.all.fetch_add(1, Ordering::SeqCst);
+                        if *last_status != status {
+                            counter.status.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    last = Some((rv, status));
+                }
+            }
+        });
+    });
+    count
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn drop_collection(name: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(common::drop_collection(name));
+}
+
+/// Σ status.stages[].requests, each stage checked to have some.
+fn stage_requests(env: &Env, st: &Value) -> u64 {
+    let stages = st["status"]["stages"].as_array().expect("status.stages");
+    assert_eq!(stages.len(), 2, "{}", env.diagnostics(st));
+    stages
+        .iter()
+        .map(|s| {
+            let r = s["requests"].as_u64().unwrap();
+            assert!(r > 0, "{s}");
+            r
+        })
+        .sum()
+}
+
+/// Requests in the merged raw measurements (the workers' snapshots), steady states only.
+fn measured_requests(result: &RunResult) -> u64 {
+    result
+        .measurements
+        .stages
+        .iter()
+        .map(|s| s.steady.total().requests)
+        .sum()
+}
+
+#[test]
+fn a_stresstest_applied_with_kubectl_runs_through_prepare_and_workers_and_ends_succeeded_with_results_in_status()
+ {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e";
+    let name = "op-e2e";
+    drop_collection(collection);
+    let env = Env::start();
+    let writes = count_modifications(&env.server, name);
+
+    let applied = Instant::now();
+    let applied_at = k8s_openapi::jiff::Timestamp::now();
+    env.apply(name, &manifest(name, collection, 1000, 3));
+    let st = env.wait_finished(name, Duration::from_secs(180));
+    let elapsed = applied.elapsed();
+    let why = || env.diagnostics(&st);
+
+    assert_eq!(st["status"]["phase"], "Succeeded", "{}", why());
+    for kind in ["Prepared", "WorkersReady", "Complete", "SLAMet"] {
+        assert_eq!(condition(&st, kind)["status"], "True", "{kind}: {}", why());
+    }
+    let stage_requests = stage_requests(&env, &st);
+    let totals = &st["status"]["totals"];
+    assert!(totals["qps"].as_f64().unwrap() > 0.0, "{totals}");
+    assert_eq!(
+        totals["requests"].as_u64(),
+        Some(stage_requests),
+        "{totals}"
+    );
+    for p in ["p95", "p99"] {
+        let text = totals[p]
+            .as_str()
+            .unwrap_or_else(|| panic!("{p}: {totals}"));
+        let number = text.trim_end_matches(|c: char| c.is_alphabetic() || c == 'µ');
+        assert!(
+            number.parse::<f64>().is_ok() && number.len() < text.len(),
+            "{p}: {text}"
+        );
+    }
+    assert_eq!(st["status"]["sla"]["verdict"], "PASS", "{}", why());
+    assert!(
+        st["status"]["capacity"]["nodesForTarget"].as_u64().unwrap() >= 1,
+        "{}",
+        why()
+    );
+
+    let result = env.report(name, &st);
+    assert!(result.complete, "{:?}", result.incomplete_reason);
+    assert_eq!(result.totals.requests, stage_requests);
+    assert_eq!(measured_requests(&result), stage_requests);
+    assert_eq!(result.measurements.shards, 2);
+    assert_eq!(result.shards, 2);
+
+    let out = env.server.kubectl_ok(&["get", "st"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "STAGE", "QPS", "P95", "P99", "SLA", "AGE"]
+    );
+    let row: Vec<&str> = lines
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no row {name} in\n{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "Succeeded", "{out}");
+    assert!(row.contains(&"PASS"), "{out}");
+
+    // From kubectl apply to the first worker request: the run's start instant (the one the
+    // workers were told to start at, whole seconds) relative to the apply.
+    let started: k8s_openapi::jiff::Timestamp = result.started_at.parse().unwrap();
+    let to_first_request = started.duration_since(applied_at).as_secs_f64();
+    println!(
+        "apply at {applied_at}, run started_at {}, finished_at {}: apply→first request \
+         {to_first_request:.1}s (±1 s), apply→Succeeded {:.1}s, MODIFIED events {} of which \
+         status changes {}",
+        result.started_at,
+        result.finished_at,
+        elapsed.as_secs_f64(),
+        writes.all.load(Ordering::SeqCst),
+        writes.status.load(Ordering::SeqCst),
+    );
+    println!(
+        "Prepared at {}, WorkersReady at {}, startTime {}, completionTime {}",
+        condition(&st, "Prepared")["lastTransitionTime"],
+        condition(&st, "WorkersReady")["lastTransitionTime"],
+        st["status"]["startTime"],
+        st["status"]["completionTime"],
+    );
+    println!("{out}");
+    drop(env);
+    drop_collection(collection);
+}
+
+#[test]
+fn a_controller_killed_mid_run_and_restarted_completes_with_totals_equal_to_the_worker_snapshots() {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e_restart";
+    let name = "op-restart";
+    drop_collection(collection);
+    let mut env = Env::start();
+    env.apply(name, &manifest(name, collection, 1000, 4));
+
+    // Killed once the workers were told to start (the start instant is recorded), in the
+    // first stage; down for 2 s, across the stage boundary.
+    env.wait_for(name, "start", Duration::from_secs(120), |st| {
+        st["status"]["phase"] == "Running"
+            && st["metadata"]["annotations"][ANNOTATION_START_UNIX_MS].is_string()
+    });
+    std::thread::sleep(Duration::from_millis(5000));
+    let before = env.get_st(name);
+    assert_eq!(
+        before["status"]["phase"],
+        "Running",
+        "{}",
+        env.diagnostics(&before)
+    );
+    let killed_at = Instant::now();
+    env.kill_controller();
+    std::thread::sleep(Duration::from_secs(2));
+    env.start_controller();
+
+    let st = env.wait_finished(name, Duration::from_secs(120));
+    let why = || env.diagnostics(&st);
+    assert_eq!(st["status"]["phase"], "Succeeded", "{}", why());
+    for kind in ["Prepared", "WorkersReady", "Complete", "SLAMet"] {
+        assert_eq!(condition(&st, kind)["status"], "True", "{kind}: {}", why());
+    }
+    let stage_requests = stage_requests(&env, &st);
+    assert_eq!(
+        st["status"]["totals"]["requests"].as_u64(),
+        Some(stage_requests),
+        "{}",
+        why()
+    );
+    let result = env.report(name, &st);
+    assert!(result.complete, "{:?}", result.incomplete_reason);
+    assert!(result.stages.iter().all(|s| s.valid), "{:?}", result.stages);
+    assert_eq!(result.measurements.shards, 2);
+    assert_eq!(result.totals.requests, stage_requests);
+    assert_eq!(measured_requests(&result), stage_requests);
+    // The workers ran on: no pod was replaced (one prepare pod, one pod per shard).
+    assert_eq!(env.server.list("", "pods").len(), 3, "{}", why());
+    println!(
+        "controller killed at stage {} ({} requests in status), restarted 2 s later; \
+         Succeeded {:.1}s after the kill with {stage_requests} requests",
+        before["status"]["currentStage"],
+        before["status"]["totals"]["requests"],
+        killed_at.elapsed().as_secs_f64(),
+    );
+    drop(env);
+    drop_collection(collection);
+}
+
+#[test]
+fn an_invalid_manifest_gets_invalid_spec_and_no_children() {
+    let env = Env::start();
+    let name = "op-invalid";
+    env.apply(name, &manifest(name, "t_op_e2e_invalid", 0, 3));
+    let st = env.wait_finished(name, Duration::from_secs(60));
+    let why = || env.diagnostics(&st);
+    assert_eq!(st["status"]["phase"], "Failed", "{}", why());
+    let complete = condition(&st, "Complete");
+    assert_eq!(complete["status"], "False", "{}", why());
+    assert_eq!(complete["reason"], "InvalidSpec", "{}", why());
+    let message = complete["message"].as_str().unwrap();
+    assert!(message.contains("spec.data.rows"), "{message}");
+    // A later reconcile must not create anything either.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.server.list("batch", "jobs"), Vec::<Value>::new());
+    assert_eq!(env.server.list("", "configmaps"), Vec::<Value>::new());
+    assert_eq!(env.server.list("", "pods"), Vec::<Value>::new());
+}
