@@ -8,14 +8,18 @@
 //!
 //! Run with `cargo bench --bench ceiling`. Environment:
 //! - `CEILING_USERS` (64): closed-model users, wait time 0.
+//! - `CEILING_RATE` (unset): run the open model at this many requests/s instead (engine mode), to
+//!   see the engine's CPU per request at a fixed offered load rather than at its ceiling.
 //! - `CEILING_SECS` (10): stage length, s.
 //! - `CEILING_RUNTIME` (`multi`): `multi` = multi-thread runtime with 1 worker (as `stampede run`
 //!   builds its runtime), `current` = current-thread runtime.
 //! - `CEILING_NQ` (1), `CEILING_DIM` (128): search shape.
 //! - `CEILING_MODE` (`engine`): `engine` = `load::run_shard` (the benchmark proper); `client` =
 //!   `MilvusClient::search` looped by plain tasks (the client library without the engine); `raw` =
-//!   the generated tonic client on a default channel (the floor tonic + hyper + h2 set;
-//!   `CEILING_RAW_ADAPTIVE=1` gives it MilvusClient's HTTP/2 settings).
+//!   the generated tonic client on a default channel (the floor tonic + hyper + h2 set).
+//! - Raw mode only: `CEILING_RAW_H2` = `keepalive` and/or `window` adds MilvusClient's HTTP/2
+//!   keep-alive settings and/or `http2_adaptive_window(true)` (`CEILING_RAW_ADAPTIVE=1`: both);
+//!   `CEILING_RAW_TIMEOUTS=1` adds the three timers an engine request carries.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -340,7 +344,26 @@ fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTree
 // The benchmark
 // ---------------------------------------------------------------------------------------------
 
-fn manifest(addr: std::net::SocketAddr, users: u64, secs: u64, nq: u64, dim: u64) -> String {
+/// The benchmark's StressTest: closed model with `users` and no wait, or, when `rate` is set,
+/// the open model at `rate` requests/s.
+fn manifest(
+    addr: std::net::SocketAddr,
+    users: u64,
+    rate: Option<u64>,
+    secs: u64,
+    nq: u64,
+    dim: u64,
+) -> String {
+    let (model, stage) = match rate {
+        Some(r) => ("Open", format!("{{duration: {secs}s, rate: {r}}}")),
+        None => (
+            "Closed",
+            format!(
+                "{{duration: {secs}s, users: {users}, spawnRate: {}}}",
+                users * 100
+            ),
+        ),
+    };
     format!(
         r#"apiVersion: stampede.dev/v1alpha1
 kind: StressTest
@@ -351,16 +374,15 @@ spec:
   data: {{rows: 1000}}
   index: {{type: FLAT}}
   workload:
-    model: Closed
+    model: {model}
     consistency: Bounded
     waitTime: {{min: 0ms, max: 0ms}}
     operations:
       - {{name: search, weight: 1, search: {{topK: 10, nq: {nq}}}}}
   stages:
-    - {{duration: {secs}s, users: {users}, spawnRate: {rate}}}
+    - {stage}
   recall: {{sampleQueries: 0}}
-"#,
-        rate = users * 100,
+"#
     )
 }
 
@@ -481,6 +503,16 @@ async fn run_client(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: 
         panic!("the ceiling manifest has one search operation")
     };
     let template = Arc::new(template);
+    {
+        // Size of the future one search is (moved, i.e. memcpy'd, at every await boundary that
+        // wraps it: tokio::time::timeout, boxing, spawning).
+        let v = &plan.queries[..plan.dim];
+        let f = client.search(&template, v, plan.dim, None);
+        println!(
+            "  size of the MilvusClient::search future: {} bytes",
+            std::mem::size_of_val(&f)
+        );
+    }
     run_loops(users, secs, move |u| {
         let (client, plan, template) = (client.clone(), Arc::clone(&plan), Arc::clone(&template));
         async move {
@@ -493,6 +525,9 @@ async fn run_client(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: 
     .await
 }
 
+/// The first error of the raw mode, with its full Debug form.
+static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The generated tonic client on a plain channel, one prebuilt request cloned per call: the floor
 /// that tonic + hyper + h2 set.
 async fn run_raw(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: u64) -> Measured {
@@ -500,13 +535,20 @@ async fn run_raw(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: u64
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .tcp_nodelay(true);
+    // MilvusClient::connect's HTTP/2 settings (src/milvus.rs), to isolate their cost:
+    // CEILING_RAW_H2=keepalive,window (or CEILING_RAW_ADAPTIVE=1 for both).
+    let mut h2 = std::env::var("CEILING_RAW_H2").unwrap_or_default();
     if std::env::var("CEILING_RAW_ADAPTIVE").is_ok_and(|v| v == "1") {
-        // The HTTP/2 settings MilvusClient::connect uses (src/milvus.rs), to isolate their cost.
+        h2 = "keepalive,window".to_string();
+    }
+    if h2.contains("keepalive") {
         endpoint = endpoint
             .http2_keep_alive_interval(Duration::from_secs(55))
             .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .http2_adaptive_window(true);
+            .keep_alive_while_idle(true);
+    }
+    if h2.contains("window") {
+        endpoint = endpoint.http2_adaptive_window(true);
     }
     let channel = endpoint.connect().await.expect("connect");
     let client = MilvusServiceClient::new(channel);
@@ -540,11 +582,44 @@ async fn run_raw(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: u64
         }],
         ..Default::default()
     };
-    run_loops(users, secs, move |_| {
+    {
+        let mut c = client.clone();
+        let f = c.search(request.clone());
+        println!(
+            "  size of the generated tonic client's search future: {} bytes",
+            std::mem::size_of_val(&f)
+        );
+    }
+    let timeouts = std::env::var("CEILING_RAW_TIMEOUTS").is_ok_and(|v| v == "1");
+    let measured = run_loops(users, secs, move |_| {
         let (mut client, request) = (client.clone(), request.clone());
-        async move { client.search(request).await.is_ok() }
+        async move {
+            if timeouts {
+                // The three timers a request of the engine carries: execute()'s timeout,
+                // MilvusClient::call's timeout, and the grpc-timeout header (tonic's
+                // GrpcTimeout layer arms a Sleep for it).
+                let t = Duration::from_secs(10);
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(t);
+                let call = tokio::time::timeout(t, client.search(request));
+                matches!(tokio::time::timeout(t, call).await, Ok(Ok(Ok(_))))
+            } else {
+                match client.search(request).await {
+                    Ok(_) => true,
+                    Err(status) => {
+                        let _ = FIRST_ERROR.set(format!("{status:?}"));
+                        false
+                    }
+                }
+            }
+        }
     })
-    .await
+    .await;
+    let mut measured = measured;
+    if let Some(e) = FIRST_ERROR.get() {
+        measured.notes.push(format!("first error: {e}"));
+    }
+    measured
 }
 
 fn main() {
@@ -554,10 +629,14 @@ fn main() {
     let dim = env_or("CEILING_DIM", 128).max(1);
     let multi = std::env::var("CEILING_RUNTIME").map_or(true, |v| v != "current");
     let mode = std::env::var("CEILING_MODE").unwrap_or_else(|_| "engine".to_string());
+    let rate = std::env::var("CEILING_RATE")
+        .ok()
+        .and_then(|r| r.trim().parse::<u64>().ok())
+        .filter(|&r| r > 0);
 
     let server = start_server();
     let spec = stampede::spec::parse_manifest(
-        &manifest(server.addr, users, secs, nq, dim),
+        &manifest(server.addr, users, rate, secs, nq, dim),
         "ceiling manifest",
     )
     .unwrap_or_else(|e| panic!("{e}"))
@@ -594,8 +673,18 @@ fn main() {
     };
 
     let searches = server.svc.searches.load(Ordering::Relaxed);
+    // Dropping the client runtime closes its connection (a current-thread runtime no longer
+    // polls its connection task once block_on returned, and the server's graceful shutdown
+    // would wait for that connection forever).
+    drop(rt);
     let _ = server.shutdown.send(());
-    let _ = server.thread.join();
+    let waited = Instant::now();
+    while !server.thread.is_finished() && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if server.thread.is_finished() {
+        let _ = server.thread.join();
+    }
 
     let mode = std::env::var("CEILING_MODE").unwrap_or_else(|_| "engine".to_string());
     let client_threads: Vec<&String> = m
@@ -619,8 +708,12 @@ fn main() {
     let process_cpu: f64 = m.cpu.values().sum();
 
     println!(
-        "request ceiling [{mode}]: 1 shard, {users} users (closed, wait 0), search nq={nq} topK=10 \
-         dim={dim}; client runtime {} with 1 worker; trivial server on its own 1-worker runtime",
+        "request ceiling [{mode}]: 1 shard, {}, search nq={nq} topK=10 dim={dim}; client runtime {} \
+         with 1 worker; trivial server on its own 1-worker runtime",
+        match rate {
+            Some(r) if mode == "engine" => format!("open model at {r} requests/s"),
+            _ => format!("{users} users (closed, wait 0)"),
+        },
         if multi {
             "multi-thread"
         } else {

@@ -108,6 +108,9 @@ pub struct ShardPlan {
     pub scalars: Arc<Vec<ScalarGenerator>>,
     /// Seed of this shard's random choices.
     pub seed: u64,
+    /// Whether this shard samples the process's CPU: once per process, since in-process shards
+    /// share one process and summing their samples would count it several times.
+    pub sample_cpu: bool,
 }
 
 /// `total` split over `shards`: shard i gets floor(total/n), plus one for the first total%n.
@@ -191,6 +194,7 @@ pub fn shard_plan(
         recall_share: spec.recall.share,
         scalars: Arc::new(crate::prepare::scalar_generators(spec)),
         seed: spec.data.seed ^ (u64::from(shard) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        sample_cpu: true,
     }
 }
 
@@ -371,7 +375,11 @@ pub async fn run_shard(
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::time::sleep_until(start.into()).await;
-    let sampler = tokio::spawn(sample_loop(Arc::clone(&recorder), stop.clone()));
+    let sampler = tokio::spawn(sample_loop(
+        Arc::clone(&recorder),
+        stop.clone(),
+        plan.sample_cpu,
+    ));
     match plan.model {
         LoadModel::Closed => run_closed(&client, &plan, &recorder, start, &mut stop).await,
         LoadModel::Open => run_open(&client, &plan, &recorder, start, &mut stop).await,
@@ -379,7 +387,7 @@ pub async fn run_shard(
     sampler.abort();
 }
 
-async fn sample_loop(recorder: Arc<Recorder>, stop: watch::Receiver<bool>) {
+async fn sample_loop(recorder: Arc<Recorder>, stop: watch::Receiver<bool>, sample_cpu: bool) {
     let mut cpu = CpuMeter::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     let mut n = 0u64;
@@ -387,7 +395,8 @@ async fn sample_loop(recorder: Arc<Recorder>, stop: watch::Receiver<bool>) {
         tick.tick().await;
         recorder.sample_in_flight();
         n += 1;
-        if n.is_multiple_of(10)
+        if sample_cpu
+            && n.is_multiple_of(10)
             && let Some((used, available)) = cpu.sample()
         {
             let second = recorder.t0.elapsed().as_secs();

@@ -1513,8 +1513,11 @@ impl MilvusClient {
             // The keepalive interval pymilvus uses (55 s), which Milvus's ping policy accepts.
             .http2_keep_alive_interval(Duration::from_secs(55))
             .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .http2_adaptive_window(true);
+            // No adaptive flow-control window: it starts at 64 KB, and a burst of answers not yet
+            // read by hundreds of concurrent users then trips h2's small-frame limit, which
+            // closes the whole connection (GOAWAY ENHANCE_YOUR_CALM). hyper's default windows
+            // (5 MB connection, 2 MB stream) have no such cliff.
+            .keep_alive_while_idle(true);
         if target.tls {
             let mut tls = ClientTlsConfig::new();
             // A given CA replaces the system roots, so a container without CA certificates works.

@@ -121,7 +121,10 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
     let mut recorders = Vec::new();
     let mut tasks = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
-        let plan = Arc::new(load::shard_plan(&spec, i as u32, shards, truth.clone()));
+        let mut plan = load::shard_plan(&spec, i as u32, shards, truth.clone());
+        // The shards share this process: one of them measures its CPU.
+        plan.sample_cpu = i == 0;
+        let plan = Arc::new(plan);
         let recorder = Arc::new(Recorder::new(i as u32, shards, spec.stages.len(), t0));
         recorders.push(Arc::clone(&recorder));
         tasks.push(tokio::spawn(load::run_shard(
