@@ -1,0 +1,1 @@
+//! Bottleneck identification: the limiting resource per stage and recommendations.

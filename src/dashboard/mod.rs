@@ -1,0 +1,1 @@
+//! The live web dashboard (`stampede run --ui`, and the controller's dashboard).

@@ -1,0 +1,1 @@
+//! Server observation: scrape Milvus Prometheus endpoints during a test.

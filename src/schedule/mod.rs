@@ -1,0 +1,1 @@
+//! StressTestSchedule: cron-scheduled StressTests with a regression gate (GitOps).
