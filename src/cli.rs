@@ -39,7 +39,27 @@ impl CliError {
 
 /// `stampede validate -f FILE`.
 pub fn validate(file: &Path) -> Result<ExitCode, CliError> {
-    let st = crate::spec::load_manifest(file)?;
+    let text = std::fs::read_to_string(file).map_err(|source| crate::spec::SpecError::Read {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let is_schedule = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+        .is_some_and(|k| k == "StressTestSchedule");
+    if is_schedule {
+        let s = crate::schedule::spec::parse_manifest(&text, &file.display().to_string())?;
+        println!(
+            "{}: StressTestSchedule `{}` is valid (schedule `{}` in {}, {} stage(s) per run)",
+            file.display(),
+            s.metadata.name.as_deref().unwrap_or(""),
+            s.spec.schedule,
+            s.spec.time_zone,
+            s.spec.template.spec.stages.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let st = crate::spec::parse_manifest(&text, &file.display().to_string())?;
     println!(
         "{}: StressTest `{}` is valid ({} stage(s), {} operation(s))",
         file.display(),
@@ -125,6 +145,23 @@ pub async fn prepare(cmd: PrepareCommand) -> Result<ExitCode, CliError> {
     .await?;
     prepare::save_json(&cmd.output.join("prepare.json"), &summary)?;
     print!("{}", render_prepare_summary(&summary));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stampede cleanup -f FILE`: drops the manifest's collection (the cleanup Job of a test with
+/// `cleanup.dropCollection`). A collection that does not exist counts as dropped.
+pub async fn cleanup(file: &Path, target: Option<&str>) -> Result<ExitCode, CliError> {
+    let st = crate::spec::load_manifest(file)?;
+    let opts = connect_options(&st.spec, target)?;
+    let address = opts.address.clone();
+    let client = MilvusClient::connect(opts).await?;
+    let name = &st.spec.collection.name;
+    if client.has_collection(name).await? {
+        client.drop_collection(name).await?;
+        println!("dropped collection {name} at {address}");
+    } else {
+        println!("collection {name} does not exist at {address}; nothing to drop");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

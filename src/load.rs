@@ -276,6 +276,17 @@ impl Recorder {
         self.lock().position.map(|p| (p.stage, p.steady))
     }
 
+    /// A copy of the per-stage measurements so far, without the per-second timeline: cheap
+    /// enough for the live dashboard to take every second of a long test.
+    pub fn stages(&self) -> Vec<StageMeasurement> {
+        self.lock().snapshot.stages.clone()
+    }
+
+    /// Users running now (closed model) or this shard's target rate (open model).
+    pub fn users(&self) -> u64 {
+        self.lock().users
+    }
+
     fn set_position(&self, stage: usize, steady: bool) {
         self.lock().position = Some(Position { stage, steady });
     }

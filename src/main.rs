@@ -54,7 +54,8 @@ enum Command {
     Report(ReportArgs),
     /// Check a StressTest manifest and print every problem found (exit 2 when invalid).
     Validate(FileArgs),
-    /// Print the CustomResourceDefinitions (generated from the Rust types) as YAML.
+    /// Print the CustomResourceDefinitions of StressTest and StressTestSchedule (generated from
+    /// the Rust types) as two YAML documents separated by `---`; crds/ holds one file per CRD.
     Crd,
     /// Run one shard of a StressTest's load as a worker pod does: serve gRPC (Start, Snapshot,
     /// Stop) and run the stages from the instant Start names. Exit 0 after a run.
@@ -63,6 +64,9 @@ enum Command {
     /// workers' measurements and write results into status (uses the in-cluster or kubeconfig
     /// credentials).
     Controller(ControllerArgs),
+    /// Drop the manifest's collection (what the cleanup Job of a test with
+    /// cleanup.dropCollection runs). Succeeds when the collection does not exist.
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Args, Debug)]
@@ -80,9 +84,33 @@ struct ControllerArgs {
     /// Watch only this namespace [default: all namespaces].
     #[arg(long, env = "STAMPEDE_NAMESPACE")]
     namespace: Option<String>,
-    /// Address of the /healthz and /readyz server.
+    /// Address of the /healthz, /readyz and /metrics (Prometheus) server.
     #[arg(long, env = "STAMPEDE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     health_addr: std::net::SocketAddr,
+    /// Elect a leader with a Lease so that only one replica drives tests (run with it on when
+    /// more than one replica may run, e.g. during a rolling update).
+    #[arg(long, env = "STAMPEDE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "STAMPEDE_LEASE_NAME", default_value = stampede::controller::leader::DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// Namespace of the leader Lease (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Where prepare, worker and cleanup pods may run, as JSON:
+    /// {"nodeSelector":{..},"tolerations":[..],"affinity":{..}}.
+    #[arg(long, env = "STAMPEDE_WORKER_SCHEDULING", default_value = "")]
+    worker_scheduling: String,
+}
+
+#[derive(Args, Debug)]
+struct CleanupArgs {
+    /// StressTest manifest (YAML), or the plan the controller mounts.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Milvus address to use instead of spec.target.address (e.g. 127.0.0.1:19530).
+    #[arg(long, env = "STAMPEDE_TARGET")]
+    target: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +167,14 @@ struct RunArgs {
     /// No progress lines on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Serve the live dashboard (http://127.0.0.1:8089 by default) while the test runs, and
+    /// the results afterwards until Ctrl-C.
+    #[arg(long)]
+    ui: bool,
+    /// Address of the dashboard (implies --ui). Loopback by default: anyone who can reach it
+    /// can read the results. Port 0 picks a free port (the URL is printed).
+    #[arg(long)]
+    ui_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +223,9 @@ fn main() -> ExitCode {
                     dry_run: a.dry_run,
                     progress: !a.quiet,
                     csv_prefix: a.csv_prefix,
+                    ui: a
+                        .ui_addr
+                        .or(a.ui.then_some(std::net::SocketAddr::from(([127, 0, 0, 1], 8089)))),
                 },
             ))
         }),
@@ -200,7 +239,14 @@ fn main() -> ExitCode {
                 linger: a.linger.get(),
             }))
         }),
+        Command::Cleanup(a) => runtime().and_then(|rt| {
+            rt.block_on(cli::cleanup(&a.file, a.target.as_deref()))
+        }),
         Command::Controller(a) => runtime().and_then(|rt| {
+            let placement = stampede::controller::builders::Placement::from_json(
+                &a.worker_scheduling,
+            )
+            .map_err(CliError::Runtime)?;
             rt.block_on(async {
                 let client = kube::Client::try_default().await.map_err(|e| {
                     CliError::Runtime(format!(
@@ -214,6 +260,13 @@ fn main() -> ExitCode {
                         worker_port: a.worker_port,
                         namespace: a.namespace,
                         health_addr: Some(a.health_addr),
+                        leader_election: a.leader_elect.then_some(
+                            stampede::controller::reconcile::LeaderElection {
+                                namespace: a.lease_namespace,
+                                name: a.lease_name,
+                            },
+                        ),
+                        placement,
                     },
                 )
                 .await
@@ -256,10 +309,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(e.to_string()))
 }
 
+/// Prints the StressTest and StressTestSchedule CRDs as two YAML documents, in the order (and
+/// with the text) of crds/stresstest.yaml and crds/stresstestschedule.yaml.
 fn print_crds() -> Result<ExitCode, CliError> {
-    let crd = StressTest::crd();
-    let yaml = serde_yaml_ng::to_string(&crd).map_err(|e| CliError::Runtime(e.to_string()))?;
-    print!("{yaml}");
+    let docs = [
+        serde_yaml_ng::to_string(&StressTest::crd()),
+        serde_yaml_ng::to_string(&stampede::schedule::StressTestSchedule::crd()),
+    ];
+    let mut out = String::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&doc.map_err(|e| CliError::Runtime(e.to_string()))?);
+    }
+    print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

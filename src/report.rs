@@ -1514,6 +1514,8 @@ fn html_stage_section(out: &mut String, r: &RunResult) {
         (if closed { "Kept" } else { "Late / dropped" }, true),
         ("Valid", false),
         ("SLA", false),
+        ("Milvus CPU / memory", true),
+        ("Bottleneck", false),
     ]);
     for s in &r.stages {
         let kept = if closed {
@@ -1558,6 +1560,8 @@ fn html_stage_section(out: &mut String, r: &RunResult) {
             kept,
             valid,
             sla,
+            server_cell(r, s.index),
+            bottleneck_cell(r, s.index),
         ]);
     }
     let tot = &r.totals;
@@ -1579,6 +1583,8 @@ fn html_stage_section(out: &mut String, r: &RunResult) {
             String::new(),
             String::new(),
             String::new(),
+            String::new(),
+            String::new(),
         ],
         "total",
     );
@@ -1590,6 +1596,7 @@ fn html_stage_section(out: &mut String, r: &RunResult) {
         out.push_str(" Late: sent after their intended time (latency counted from it); dropped: not sent (in-flight bound).");
     }
     out.push_str("</p>");
+    html_bottlenecks(out, r);
     if r.ramps.iter().any(|s| s.requests > 0) {
         out.push_str(
             "<details><summary>Ramps (users starting; not part of the figures above)</summary>",
@@ -1797,6 +1804,8 @@ fn html_timeline(out: &mut String, r: &RunResult) {
         true,
     );
 
+    server_charts(out, r, &pts, &markers);
+
     if !r.client_cpu.is_empty() {
         let mut cpu_pts: Vec<&crate::metrics::CpuSample> = r.client_cpu.iter().collect();
         cpu_pts.sort_by_key(|c| c.second);
@@ -1992,6 +2001,197 @@ fn html_method(out: &mut String, r: &RunResult) {
     out.push_str("</ul></section>\n");
 }
 
+/// The stage table's server cell: mean cores and peak resident memory, or why not observed.
+fn server_cell(r: &RunResult, stage: usize) -> String {
+    if !r.server.enabled && r.server.reason.is_none() {
+        return "–".to_string();
+    }
+    match r.server.stages.iter().find(|s| s.stage == stage) {
+        Some(s) if s.observed => {
+            let cpu = s
+                .cpu_cores_mean
+                .map_or_else(|| "–".to_string(), |c| format!("{c:.2} cores"));
+            let mem = s.resident_bytes_peak.map_or_else(
+                || "–".to_string(),
+                |b| format!("{:.0} MiB", b / (1024.0 * 1024.0)),
+            );
+            format!("{cpu}<br>{mem}")
+        }
+        Some(s) => format!(
+            "<span class=\"reason\">{}</span>",
+            escape(s.note.as_deref().unwrap_or("not observed"))
+        ),
+        None => format!(
+            "<span class=\"reason\">{}</span>",
+            escape(r.server.reason.as_deref().unwrap_or("not observed"))
+        ),
+    }
+}
+
+/// The stage table's bottleneck cell: the limiting resource (details in the table below it).
+fn bottleneck_cell(r: &RunResult, stage: usize) -> String {
+    use crate::bottleneck::Resource;
+    let Some(b) = r.bottlenecks.iter().find(|b| b.stage == stage) else {
+        return "–".to_string();
+    };
+    let class = match b.resource {
+        Resource::None => "ok",
+        Resource::NotObserved => "reason",
+        _ => "bad",
+    };
+    format!(
+        "<span class=\"{class}\" data-bottleneck=\"{}\">{}</span>",
+        b.resource.as_str(),
+        escape(b.resource.label())
+    )
+}
+
+/// What limited each stage: the evidence and, on the saturation stage, the recommendations.
+fn html_bottlenecks(out: &mut String, r: &RunResult) {
+    if r.bottlenecks.is_empty() {
+        return;
+    }
+    out.push_str("<h3 id=\"bottlenecks\">Bottlenecks</h3>");
+    let mut t = HtmlTable::new(&[
+        ("Stage", true),
+        ("Limit", false),
+        ("Evidence", false),
+        ("Recommendations", false),
+    ]);
+    for b in &r.bottlenecks {
+        let recs = if b.recommendations.is_empty() {
+            "–".to_string()
+        } else {
+            let mut list = String::from("<ul class=\"recommendations\">");
+            for rec in &b.recommendations {
+                w!(
+                    list,
+                    "<li data-rule=\"{}\">{}</li>",
+                    escape(&rec.rule),
+                    escape(&rec.text)
+                );
+            }
+            list.push_str("</ul>");
+            list
+        };
+        t.row(vec![
+            (b.stage + 1).to_string(),
+            bottleneck_cell(r, b.stage),
+            escape(&b.evidence),
+            recs,
+        ]);
+    }
+    t.render(out);
+    out.push_str("<p class=\"reason\">The limit of a stage is the first of: errors (≥ 1 % failed), server memory (peak ≥ 90 % of the host's), the load generator (≥ 90 % of its cores), server CPU (≥ 90 % busy while requests queued or P95 rose ≥ 1.5×), network (only when the link capacity is known); otherwise none. Recommendations are rules applied to the saturation stage (or the last limited one).</p>");
+}
+
+/// A server series clipped to the timeline's x range, with the values at its two ends
+/// interpolated, so the server charts share the x axis of the QPS and latency charts.
+fn clip_to(points: Vec<(f64, f64)>, x0: f64, x1: f64) -> Vec<(f64, f64)> {
+    let at = |x: f64| -> Option<f64> {
+        points.windows(2).find_map(|w| {
+            let ((a, ya), (b, yb)) = (w[0], w[1]);
+            (a <= x && x <= b && b > a).then(|| ya + (yb - ya) * (x - a) / (b - a))
+        })
+    };
+    let mut out = Vec::new();
+    if let Some(y) = at(x0) {
+        out.push((x0, y));
+    }
+    out.extend(points.iter().copied().filter(|(x, _)| *x > x0 && *x < x1));
+    if let Some(y) = at(x1) {
+        out.push((x1, y));
+    }
+    out
+}
+
+/// Milvus CPU and memory over time, on the same x axis and stage markers as the timeline.
+fn server_charts(out: &mut String, r: &RunResult, pts: &[TimelinePoint], markers: &[Marker]) {
+    let srv = &r.server;
+    if !srv.observed {
+        if let Some(reason) = &srv.reason {
+            w!(
+                out,
+                "<p class=\"reason\" id=\"server-not-observed\">Milvus server: {}</p>",
+                escape(reason)
+            );
+        }
+        return;
+    }
+    let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+        return;
+    };
+    let (x0, x1) = (first.second, last.second);
+    let mut samples: Vec<&crate::observe::ServerSample> = srv.series.iter().collect();
+    samples.sort_by(|a, b| a.second.total_cmp(&b.second));
+    // A CPU rate covers the interval before its scrape: drawn at the interval's middle.
+    let cpu: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|p| Some((p.second - p.interval / 2.0, p.cpu_cores?)))
+        .collect();
+    let mut chart = timeline_chart("Milvus CPU", "time since start (s)", "CPU (cores)");
+    chart.markers = markers.to_vec();
+    chart
+        .series
+        .push(Series::new("Milvus cores used", clip_to(cpu, x0, x1)).color("#7c3aed"));
+    if let Some(c) = srv.cores_available {
+        chart.series.push(
+            Series::new("host cores", vec![(x0, c), (x1, c)])
+                .dashed()
+                .color("#6b7280"),
+        );
+    }
+    if srv.shares_host_with_client && !r.client_cpu.is_empty() {
+        let mut c: Vec<(f64, f64)> = r
+            .client_cpu
+            .iter()
+            .map(|c| (c.second as f64, c.cores_used))
+            .collect();
+        c.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .series
+            .push(Series::new("load generator cores (same host)", c).color("#0891b2"));
+    }
+    figure(
+        out,
+        &chart.render(),
+        &format!(
+            "CPU used by the Milvus processes (rate of process_cpu_seconds_total, scraped every {} s from {}).",
+            fmt_num(srv.interval_seconds),
+            srv.endpoints.join(", ")
+        ),
+        true,
+    );
+    let mib = 1024.0 * 1024.0;
+    let mem: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|p| Some((p.second, p.resident_bytes? / mib)))
+        .collect();
+    if !mem.is_empty() {
+        let mut chart = timeline_chart(
+            "Milvus memory",
+            "time since start (s)",
+            "resident memory (MiB)",
+        );
+        chart.markers = markers.to_vec();
+        chart
+            .series
+            .push(Series::new("Milvus resident memory", clip_to(mem, x0, x1)).color("#be185d"));
+        let limit = srv
+            .memory_limit_bytes
+            .map(|b| format!(" The host has {:.0} MiB.", b / mib))
+            .unwrap_or_default();
+        figure(
+            out,
+            &chart.render(),
+            &format!(
+                "Resident memory of the Milvus processes (process_resident_memory_bytes).{limit}"
+            ),
+            true,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2123,6 +2323,73 @@ capacity: {targetQps: 10000, redundancy: 2, measuredQueryNodes: 1}
             },
             synthetic_snapshot(),
         )
+    }
+
+    #[test]
+    fn an_observed_server_gets_cpu_and_memory_charts_and_a_bottleneck_per_stage() {
+        use crate::bottleneck::Resource;
+        use crate::observe::{ServerObservation, ServerSample};
+        let mut r = synthetic();
+        // Scrapes every 2 s over the three 10 s stages: Milvus at 0.3, 1.95 and 1.0 cores.
+        let series = (0..=15)
+            .map(|k| {
+                let second = f64::from(k) * 2.0;
+                let cores = if second <= 10.0 {
+                    0.3
+                } else if second <= 20.0 {
+                    1.95
+                } else {
+                    1.0
+                };
+                ServerSample {
+                    second,
+                    interval: if k == 0 { 0.0 } else { 2.0 },
+                    cpu_cores: (k > 0).then_some(cores),
+                    resident_bytes: Some(500.0 * 1024.0 * 1024.0 + second * 1e6),
+                    queued_tasks: Some(if cores > 1.5 { 4.0 } else { 0.0 }),
+                    endpoints_observed: 1,
+                    ..ServerSample::default()
+                }
+            })
+            .collect();
+        crate::result::attach_server(
+            &mut r,
+            ServerObservation {
+                enabled: true,
+                observed: true,
+                endpoints: vec!["http://127.0.0.1:9091/metrics".into()],
+                interval_seconds: 2.0,
+                cores_available: Some(2.0),
+                memory_limit_bytes: Some(8.0 * 1024.0 * 1024.0 * 1024.0),
+                series,
+                ..ServerObservation::default()
+            },
+        );
+        assert_eq!(r.server.stages.len(), 3);
+        let cpu: Vec<f64> = r
+            .server
+            .stages
+            .iter()
+            .map(|s| s.cpu_cores_mean.unwrap())
+            .collect();
+        assert!((cpu[0] - 0.3).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu[1] - 1.95).abs() < 1e-9, "{cpu:?}");
+        assert_eq!(r.bottlenecks.len(), 3);
+        assert_eq!(r.bottlenecks[0].resource, Resource::None);
+        assert_eq!(r.bottlenecks[1].resource, Resource::ServerCpu);
+        assert!(
+            r.bottlenecks[1]
+                .evidence
+                .contains("Milvus used 1.95 of 2.00 cores (98 %)"),
+            "{}",
+            r.bottlenecks[1].evidence
+        );
+        let html = render_html(&r);
+        assert!(html.contains("Milvus CPU"));
+        assert!(html.contains("Milvus memory"));
+        assert!(html.contains("id=\"bottlenecks\""));
+        assert!(html.contains("data-bottleneck=\"serverCpu\""));
+        assert!(!html.contains("server-not-observed"));
     }
 
     fn empty() -> RunResult {

@@ -9,7 +9,9 @@ use crate::analysis::{
     self, CapacityConfig, CapacityPlan, Peak, Saturation, SaturationRules, SlaCriteria, SlaVerdict,
     StageSummary,
 };
+use crate::bottleneck::{self, StageBottleneck, StageFacts, Thresholds};
 use crate::metrics::{CpuSample, OpWindow, Snapshot};
+use crate::observe::{self, ServerObservation};
 use crate::prepare::PrepareSummary;
 use crate::spec::{LoadModel, StressTestSpec};
 
@@ -132,6 +134,13 @@ pub struct RunResult {
     pub series: Vec<SeriesPoint>,
     /// Load generator CPU, per second.
     pub client_cpu: Vec<CpuSample>,
+    /// What the Milvus servers did, from their Prometheus metrics: the time series and the
+    /// per-stage figures, or why they were not observed.
+    #[serde(default)]
+    pub server: ServerObservation,
+    /// Per stage: the limiting resource with its evidence, and recommendations.
+    #[serde(default)]
+    pub bottlenecks: Vec<StageBottleneck>,
     /// The merged raw measurements, histograms included (HdrHistogram V2, base64).
     pub measurements: Snapshot,
 }
@@ -306,7 +315,7 @@ pub fn build_result(spec: &StressTestSpec, ctx: RunContext, merged: Snapshot) ->
     let incomplete_reason = ctx.interrupted.clone().or_else(|| {
         incomplete_stage.map(|m| format!("stage {} did not run to its end", m.stage + 1))
     });
-    RunResult {
+    let mut result = RunResult {
         version: RESULT_VERSION,
         name: ctx.name,
         started_at: ctx.started_at,
@@ -331,8 +340,110 @@ pub fn build_result(spec: &StressTestSpec, ctx: RunContext, merged: Snapshot) ->
         prepare: ctx.prepare,
         series,
         client_cpu: merged.client_cpu.clone(),
+        server: ServerObservation::default(),
+        bottlenecks: Vec::new(),
         measurements: merged,
+    };
+    result.bottlenecks = stage_bottlenecks(&result);
+    result
+}
+
+/// Adds what the scraper saw of the server: the per-stage figures over each stage's steady
+/// state, and the bottleneck verdicts judged again with them (pure).
+pub fn attach_server(result: &mut RunResult, mut server: ServerObservation) {
+    let durations: Vec<f64> = result
+        .spec
+        .stages
+        .iter()
+        .map(|s| s.duration.get().as_secs_f64())
+        .collect();
+    let find = |i: usize| result.measurements.stages.iter().find(|m| m.stage == i);
+    let ramps: Vec<f64> = (0..durations.len())
+        .map(|i| find(i).map_or(0.0, |m| m.ramp_seconds))
+        .collect();
+    let steady: Vec<f64> = (0..durations.len())
+        .map(|i| find(i).map_or(0.0, |m| m.steady_seconds))
+        .collect();
+    let windows = observe::stage_windows(&durations, &ramps, &steady);
+    let ran = result.stages.len().min(windows.len());
+    server.stages = observe::aggregate_stages(&server.series, &windows[..ran]);
+    if !server.observed {
+        let reason = server.reason.clone();
+        for s in &mut server.stages {
+            s.observed = false;
+            if reason.is_some() {
+                s.note.clone_from(&reason);
+            }
+        }
     }
+    result.server = server;
+    result.bottlenecks = stage_bottlenecks(result);
+}
+
+/// The bottleneck verdict of every stage from the result's own figures (pure).
+pub fn stage_bottlenecks(r: &RunResult) -> Vec<StageBottleneck> {
+    let baseline = r.stages.first().map(|s| s.p95_ms);
+    let facts: Vec<StageFacts> = r
+        .stages
+        .iter()
+        .map(|s| {
+            let cpu: Vec<&CpuSample> = r.client_cpu.iter().filter(|c| c.stage == s.index).collect();
+            let client_cores = (!cpu.is_empty())
+                .then(|| cpu.iter().map(|c| c.cores_used).sum::<f64>() / cpu.len() as f64);
+            let client_cores_available = cpu.iter().map(|c| c.cores_available).reduce(f64::max);
+            let mut failures_by_kind: Vec<(String, u64)> = Vec::new();
+            if let Some(m) = r.measurements.stages.iter().find(|m| m.stage == s.index) {
+                for o in m.steady.ops.values() {
+                    for (kind, f) in &o.failures_by_kind {
+                        match failures_by_kind.iter_mut().find(|(k, _)| k == kind) {
+                            Some((_, n)) => *n += f.count,
+                            None => failures_by_kind.push((kind.clone(), f.count)),
+                        }
+                    }
+                }
+            }
+            let stage_server = r.server.stages.iter().find(|x| x.stage == s.index);
+            let server = stage_server
+                .filter(|x| x.observed && r.server.observed)
+                .cloned();
+            let server_note = stage_server
+                .and_then(|x| x.note.clone())
+                .or_else(|| r.server.reason.clone())
+                .or_else(|| {
+                    (!r.server.enabled).then(|| "not observed: observation was off".to_string())
+                });
+            let load = match (s.users, s.rate) {
+                (Some(u), _) => format!("{u} users"),
+                (None, Some(rate)) => format!("{rate} req/s"),
+                _ => format!("stage {}", s.index + 1),
+            };
+            StageFacts {
+                stage: s.index,
+                load,
+                requests: s.requests,
+                failures: s.failures,
+                error_ratio: s.error_ratio,
+                failures_by_kind,
+                p95_ms: s.p95_ms,
+                baseline_p95_ms: baseline,
+                recall: s.recall,
+                client_saturated: client_saturation(&r.client_cpu, s.index).is_some(),
+                client_cores,
+                client_cores_available,
+                server,
+                server_note,
+                cores_available: r.server.cores_available,
+                memory_limit_bytes: r.server.memory_limit_bytes,
+                shares_host: r.server.shares_host_with_client,
+            }
+        })
+        .collect();
+    bottleneck::judge(
+        &facts,
+        &bottleneck::tuning_of(&r.spec),
+        r.saturation.as_ref().map(|s| s.stage),
+        &Thresholds::default(),
+    )
 }
 
 /// The reason a stage is invalid because the load generator ran out of CPU, if it did.

@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Prefix of the Locust-compatible CSV files.
     pub csv_prefix: String,
+    /// Serve the live dashboard on this address (`--ui`), and keep serving after the run.
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 /// Number of shards `run` uses by default: one per core, at most 4, never more than the peak
@@ -75,6 +77,9 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
             output.display()
         ))
     })?;
+    let ui = crate::dashboard::local::LocalDashboard::start(opts.ui, &spec, &output)
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
     let address = opts.target.clone().unwrap_or(spec.target.address.clone());
     tracing::info!(%address, database = %spec.target.database, "connecting to Milvus");
     let client = MilvusClient::connect(connect_options(&spec, opts.target.as_deref())?).await?;
@@ -86,6 +91,7 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         );
     }
 
+    ui.connected(&address, client.server_version());
     let started_at = now_rfc3339();
     let gt_path = output.join("ground_truth.json");
     let prepared = prepare::prepare(
@@ -118,6 +124,11 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now() + Duration::from_millis(200);
+    // Server metrics are scraped by their own task; a scrape never blocks or fails the load.
+    let scraper = crate::observe::start_scraper(
+        crate::observe::local_plan(spec.target.metrics.as_ref(), &address),
+        t0,
+    );
     let mut recorders = Vec::new();
     let mut tasks = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -136,6 +147,7 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         )));
     }
 
+    ui.running(&recorders, t0);
     let total: Duration = spec.stages.iter().map(|s| s.duration.get()).sum();
     if opts.progress {
         eprintln!(
@@ -165,9 +177,11 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         }
     }
     live.finish();
+    let server = scraper.finish().await;
+    ui.analyzing();
 
     let merged = merge_snapshots(&recorders.iter().map(|r| r.snapshot()).collect::<Vec<_>>());
-    let result = build_result(
+    let mut result = build_result(
         &spec,
         RunContext {
             name: name.clone(),
@@ -180,12 +194,28 @@ pub async fn run(file: &Path, opts: RunOptions) -> Result<ExitCode, CliError> {
         },
         merged,
     );
+    crate::result::attach_server(&mut result, server);
     let written = crate::report::write_all(&output, &result, &opts.csv_prefix)?;
+    ui.finished(&result);
     print!("{}", crate::report::render_terminal_summary(&result));
     println!("\nresults: {}", output.display());
     for p in written {
         println!("  {}", p.display());
     }
+    if spec.cleanup.drop_collection {
+        // The results are written: a failed drop is reported but changes no verdict.
+        match client.drop_collection(&spec.collection.name).await {
+            Ok(()) => println!(
+                "dropped collection {} (cleanup.dropCollection)",
+                spec.collection.name
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot drop collection {} (cleanup.dropCollection): {e}",
+                spec.collection.name
+            ),
+        }
+    }
+    ui.serve_until_ctrl_c().await;
     Ok(exit_code(&result))
 }
 

@@ -98,6 +98,43 @@ pub struct TargetSpec {
     /// `stampede prepare`) the same values come from MILVUS_USERNAME/MILVUS_PASSWORD or MILVUS_TOKEN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// Where to read the Milvus servers' Prometheus metrics during the test (server CPU, memory,
+    /// network and queueing per stage, used to name each stage's bottleneck). Without this
+    /// section `stampede run` scrapes `http://<target host>:9091/metrics` when the target is on
+    /// loopback (the local standalone server) and observes nothing otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// Server observation: the Prometheus endpoints of the Milvus components under test.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Scrape during the test. Default: on when `urls` or `selector` is set, and for
+    /// `stampede run` also when the target is on loopback (then the URL is
+    /// `http://<target host>:<port><path>`); `false` turns observation off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Metrics URLs to scrape (`http://host:port/path`), e.g. `http://127.0.0.1:9091/metrics`
+    /// for a standalone server. Used by `stampede run`; CPU and memory are summed over them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// Cluster: label selector of the Milvus pods to scrape (in the StressTest's namespace),
+    /// e.g. `app.kubernetes.io/instance=my-release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Metrics port: of the pods found by `selector`, and of the default loopback URL.
+    /// Default 9091.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Metrics path: of the pods found by `selector`, and of the default loopback URL.
+    /// Default `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between scrapes (each scrape may take at most 80 % of it, and at most 5 s).
+    /// Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationSpec>,
 }
 
 fn default_database() -> String {
@@ -769,6 +806,10 @@ pub struct StressTestStatus {
     /// Where the full report is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportStatus>,
+    /// For a run of a StressTestSchedule: how it compares with the schedule's last successful
+    /// run (written by the schedule controller once the run has finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression: Option<crate::schedule::RegressionStatus>,
 }
 
 /// The phase of a StressTest.
@@ -852,6 +893,22 @@ pub struct StageStatus {
     /// Why it did not, when `valid` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What limited this stage, with the evidence, when it was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<BottleneckStatus>,
+}
+
+/// The limiting resource of a stage.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BottleneckStatus {
+    /// `serverCpu`, `serverMemory`, `network`, `client`, `errors`, `none` or `notObserved`.
+    pub resource: String,
+    /// The numbers behind the verdict, as a sentence.
+    pub evidence: String,
+    /// What to do about it (on the saturation stage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<String>,
 }
 
 /// One operation over every stage's steady state.
@@ -1190,8 +1247,59 @@ pub enum SpecError {
 /// Parses a StressTest manifest from YAML text: reports unknown fields and validation errors
 /// all at once, and parse errors with line and column.
 pub fn parse_manifest(text: &str, origin: &str) -> Result<StressTest, SpecError> {
+    // A file may carry other documents next to the StressTest (e.g. its credentials Secret):
+    // the StressTest document is the one read; line numbers stay those of the whole file.
+    let parse_error = |e: &serde_yaml_ng::Error| SpecError::Parse {
+        path: origin.to_string(),
+        message: describe_yaml_error(e),
+    };
+    let mut documents = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| parse_error(&e))?;
+        documents.push(value);
+    }
+    let tests: Vec<usize> = documents
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.get("kind").and_then(|k| k.as_str()) == Some("StressTest"))
+        .map(|(i, _)| i)
+        .collect();
+    let non_empty = documents.iter().filter(|v| !v.is_null()).count();
+    let index = match tests.as_slice() {
+        [i] => *i,
+        [] if non_empty <= 1 => documents.iter().position(|v| !v.is_null()).unwrap_or(0),
+        [] => {
+            return Err(SpecError::Parse {
+                path: origin.to_string(),
+                message: format!(
+                    "none of its {non_empty} YAML documents is a StressTest (kind: StressTest)"
+                ),
+            });
+        }
+        _ => {
+            return Err(SpecError::Parse {
+                path: origin.to_string(),
+                message: format!(
+                    "{} YAML documents are StressTests; put one StressTest per file",
+                    tests.len()
+                ),
+            });
+        }
+    };
+    let header = |key: &str| {
+        documents
+            .get(index)
+            .and_then(|v| v.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     let mut unknown = Vec::new();
-    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let Some(de) = serde_yaml_ng::Deserializer::from_str(text).nth(index) else {
+        return Err(SpecError::Parse {
+            path: origin.to_string(),
+            message: "the file is empty; expected a StressTest manifest".to_string(),
+        });
+    };
     let parsed: Result<StressTest, _> = serde_ignored::deserialize(de, |path| {
         unknown.push(path.to_string());
     });
@@ -1213,14 +1321,14 @@ pub fn parse_manifest(text: &str, origin: &str) -> Result<StressTest, SpecError>
             message: "a StressTest needs a name".to_string(),
         });
     }
-    let api_version = top_level_string(text, "apiVersion").unwrap_or_default();
+    let api_version = header("apiVersion").unwrap_or_default();
     if api_version != format!("{GROUP}/v1alpha1") {
         errors.push(FieldError {
             path: "apiVersion".to_string(),
             message: format!("expected `{GROUP}/v1alpha1`, found `{api_version}`"),
         });
     }
-    let kind = top_level_string(text, "kind").unwrap_or_default();
+    let kind = header("kind").unwrap_or_default();
     if kind != "StressTest" {
         errors.push(FieldError {
             path: "kind".to_string(),
@@ -1255,11 +1363,6 @@ fn is_ignorable_unknown(path: &str) -> bool {
     path == "status" || path.starts_with("status.") || path == "apiVersion" || path == "kind"
 }
 
-fn top_level_string(text: &str, key: &str) -> Option<String> {
-    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
-    value.get(key).and_then(|v| v.as_str()).map(str::to_string)
-}
-
 fn describe_yaml_error(e: &serde_yaml_ng::Error) -> String {
     let text = e.to_string();
     match e.location() {
@@ -1280,6 +1383,42 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
             "spec.target.address".into(),
             "must be host:port of the Milvus proxy, e.g. 127.0.0.1:19530".into(),
         );
+    }
+    if let Some(m) = &spec.target.metrics {
+        for (i, url) in m.urls.iter().enumerate() {
+            if let Err(e) = crate::observe::parse_http_url(url) {
+                err(
+                    format!("spec.target.metrics.urls[{i}]"),
+                    format!("{e}; write e.g. http://127.0.0.1:9091/metrics"),
+                );
+            }
+        }
+        if m.selector.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            err(
+                "spec.target.metrics.selector".into(),
+                "must be a label selector such as app.kubernetes.io/instance=milvus, or be left out".into(),
+            );
+        }
+        if m.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            err(
+                "spec.target.metrics.path".into(),
+                "must start with /, e.g. /metrics".into(),
+            );
+        }
+        if m.port == Some(0) {
+            err(
+                "spec.target.metrics.port".into(),
+                "must be between 1 and 65535".into(),
+            );
+        }
+        if m.interval
+            .is_some_and(|d| d.get() < Duration::from_millis(100))
+        {
+            err(
+                "spec.target.metrics.interval".into(),
+                "must be at least 100ms, e.g. 2s".into(),
+            );
+        }
     }
     let c = &spec.collection;
     if !is_milvus_name(&c.name) {
@@ -1737,6 +1876,40 @@ spec:
         assert_eq!(st.spec.workload.consistency, Consistency::Bounded);
         assert_eq!(st.spec.target.database, "default");
         assert_eq!(st.spec.collection.on_existing, OnExisting::Reuse);
+    }
+
+    #[test]
+    fn a_file_with_a_secret_next_to_the_stresstest_reads_the_stresstest() {
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: milvus-auth}\nstringData: {username: u, password: p}\n";
+        let text = format!("{secret}---{CLASSIC}---\n{secret}");
+        let st = parse_manifest(&text, "with-auth.yaml").unwrap();
+        assert_eq!(st.metadata.name.as_deref(), Some("milvus-capacity"));
+        // Errors in the StressTest document keep the file's line numbers.
+        let broken = format!(
+            "{secret}---{}",
+            CLASSIC.replace("rows: 1000000", "rows: many")
+        );
+        let Err(SpecError::Parse { message, .. }) = parse_manifest(&broken, "x.yaml") else {
+            panic!("a type error must be a parse error")
+        };
+        assert!(message.contains("line 14"), "{message}");
+    }
+
+    #[test]
+    fn a_file_without_or_with_two_stresstests_is_refused_with_a_reason() {
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: b}\n";
+        let Err(SpecError::Parse { message, .. }) = parse_manifest(secret, "x.yaml") else {
+            panic!("no StressTest must be refused")
+        };
+        assert!(
+            message.contains("none of its 2 YAML documents"),
+            "{message}"
+        );
+        let two = format!("{CLASSIC}---{CLASSIC}");
+        let Err(SpecError::Parse { message, .. }) = parse_manifest(&two, "x.yaml") else {
+            panic!("two StressTests must be refused")
+        };
+        assert!(message.contains("one StressTest per file"), "{message}");
     }
 
     #[test]

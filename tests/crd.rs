@@ -17,7 +17,9 @@ use stampede::metrics::{Snapshot, StageMeasurement};
 use stampede::result::{RunContext, build_result};
 use stampede::spec::{FieldError, StressTest, parse_manifest};
 
-const STALE: &str = "crds/ is stale: run `cargo run -q -- crd > crds/stresstest.yaml`";
+/// The files of crds/, in the order `stampede crd` prints their documents.
+const CRD_FILES: [&str; 2] = ["crds/stresstest.yaml", "crds/stresstestschedule.yaml"];
+const STALE: &str = "is stale: regenerate crds/ with `cargo run -q -- crd | awk 'BEGIN{f=\"crds/stresstest.yaml\"} /^---$/{f=\"crds/stresstestschedule.yaml\"; next} {print > f}'`";
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,15 +50,28 @@ fn schema(crd: &Value) -> &Value {
     &version(crd)["schema"]["openAPIV3Schema"]
 }
 
-fn example_files() -> Vec<PathBuf> {
+/// The examples of one kind (StressTest or StressTestSchedule).
+fn example_files_of(kind: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(crate_dir().join("examples"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter(|p| {
+            // By line, not by parsing: an example may hold several documents (e.g. a Secret).
+            let text = std::fs::read_to_string(p).unwrap();
+            let is_schedule = text
+                .lines()
+                .any(|l| l.trim_end() == "kind: StressTestSchedule");
+            is_schedule == (kind == "StressTestSchedule")
+        })
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no examples/*.yaml");
+    assert!(!files.is_empty(), "no examples/*.yaml of kind {kind}");
     files
+}
+
+fn example_files() -> Vec<PathBuf> {
+    example_files_of("StressTest")
 }
 
 #[test]
@@ -67,16 +82,60 @@ fn the_checked_in_crd_matches_the_generated_one() {
         "stampede crd failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let checked_in = std::fs::read(crate_dir().join("crds/stresstest.yaml")).unwrap_or_default();
-    if out.stdout != checked_in {
-        let generated = String::from_utf8_lossy(&out.stdout);
-        let checked_in = String::from_utf8_lossy(&checked_in);
-        let line = generated
-            .lines()
-            .zip(checked_in.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| generated.lines().count().min(checked_in.lines().count()));
-        panic!("{STALE}\n(first difference at line {})", line + 1);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let generated: Vec<String> = stdout
+        .split("\n---\n")
+        .enumerate()
+        .map(|(i, doc)| {
+            if i + 1 < CRD_FILES.len() {
+                format!("{doc}\n")
+            } else {
+                doc.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(
+        generated.len(),
+        CRD_FILES.len(),
+        "`stampede crd` printed {} documents, crds/ has {}",
+        generated.len(),
+        CRD_FILES.len()
+    );
+    for (file, generated) in CRD_FILES.iter().zip(&generated) {
+        let checked_in =
+            String::from_utf8(std::fs::read(crate_dir().join(file)).unwrap_or_default()).unwrap();
+        if *generated != checked_in {
+            let line = generated
+                .lines()
+                .zip(checked_in.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| generated.lines().count().min(checked_in.lines().count()));
+            panic!("{file} {STALE}\n(first difference at line {})", line + 1);
+        }
+    }
+}
+
+#[test]
+fn every_schedule_example_fits_the_schedule_crd_schema() {
+    let crd = serde_json::to_value(stampede::schedule::StressTestSchedule::crd()).unwrap();
+    for file in example_files_of("StressTestSchedule") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let object = yaml_to_json(&text, &file);
+        assert_eq!(object["apiVersion"], "stampede.dev/v1alpha1");
+        assert_eq!(
+            validate_object(schema(&crd), &object),
+            Vec::<String>::new(),
+            "{}",
+            file.display()
+        );
+        let parsed: stampede::schedule::StressTestSchedule =
+            serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(
+            stampede::schedule::spec::validate(&parsed.metadata.name.unwrap(), &parsed.spec),
+            Vec::<FieldError>::new(),
+            "{}",
+            file.display()
+        );
     }
 }
 
@@ -400,10 +459,24 @@ fn a_status_built_from_a_run_fits_the_status_schema() {
     assert_eq!(errors, Vec::<String>::new());
 }
 
+/// The stampede.dev document of a file (an example may also hold e.g. its Secret), as JSON.
 fn yaml_to_json(text: &str, file: &Path) -> Value {
-    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
-        .unwrap_or_else(|e| panic!("{}: not YAML: {e}", file.display()));
-    serde_json::to_value(yaml).unwrap()
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| {
+            let yaml = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", file.display()));
+            serde_json::to_value(yaml).unwrap()
+        })
+        .collect();
+    docs.iter()
+        .find(|d| {
+            d["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("stampede.dev/"))
+        })
+        .or(docs.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("{}: no YAML document", file.display()))
 }
 
 /// Collects why `node` is not a structural schema node (see "Specifying a structural schema" in

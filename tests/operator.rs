@@ -27,6 +27,9 @@ use support::kubelet::Kubelet;
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stresstest.yaml");
 const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
 
+/// The bearer token the controllers send, to tell their requests apart.
+const CONTROLLER_TOKEN: &str = "stampede-controller";
+
 /// One test against Milvus at a time: two cores are shared, and the latency figures of one test
 /// must not measure the other.
 static MILVUS: Mutex<()> = Mutex::new(());
@@ -34,11 +37,12 @@ static MILVUS: Mutex<()> = Mutex::new(());
 /// The `stampede controller` child process; killed on drop.
 struct Controller {
     child: Child,
+    port: u16,
 }
 
 impl Controller {
     /// Starts a controller that writes its log to `stderr`.
-    fn start(server: &ApiServer, stderr: &Path) -> Controller {
+    fn start(server: &ApiServer, stderr: &Path, extra: &[&str]) -> Controller {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -46,13 +50,33 @@ impl Controller {
             .port();
         let child = Command::new(STAMPEDE)
             .args(["controller", "--health-addr", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", server.kubeconfig_path())
+            .args(extra)
+            .env("KUBECONFIG", server.kubeconfig_with_token(CONTROLLER_TOKEN))
             .env("STAMPEDE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(stderr).unwrap())
             .spawn()
             .unwrap();
-        Controller { child }
+        Controller { child, port }
+    }
+
+    /// GET a path of the health/metrics server (body only), waiting up to 10 s for the server.
+    fn http_get(&self, path: &str) -> String {
+        use std::io::Write;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("controller health server: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -95,7 +119,7 @@ impl Env {
             .dir
             .path()
             .join(format!("controller-{}.stderr", self.controllers_started));
-        self.controller = Some(Controller::start(&self.server, &log));
+        self.controller = Some(Controller::start(&self.server, &log, &[]));
     }
 
     fn kill_controller(&mut self) {
@@ -362,6 +386,29 @@ fn a_stresstest_applied_with_kubectl_runs_through_prepare_and_workers_and_ends_s
     assert_eq!(result.measurements.shards, 2);
     assert_eq!(result.shards, 2);
 
+    // Prometheus metrics of the controller.
+    let metrics = env.controller.as_ref().unwrap().http_get("/metrics");
+    let sample = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert!(sample("stampede_reconciles_total ") > 0.0, "{metrics}");
+    assert_eq!(sample("stampede_running_tests "), 0.0, "{metrics}");
+    assert_eq!(
+        sample("stampede_tests{phase=\"Succeeded\"} "),
+        1.0,
+        "{metrics}"
+    );
+    let qps = sample(&format!(
+        "stampede_test_qps{{namespace=\"default\",name=\"{name}\""
+    ));
+    assert_eq!(qps, totals["qps"].as_f64().unwrap(), "{metrics}");
+    let status_writes = sample("stampede_status_writes_total ");
+
     let out = env.server.kubectl_ok(&["get", "st"]);
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -384,12 +431,14 @@ fn a_stresstest_applied_with_kubectl_runs_through_prepare_and_workers_and_ends_s
     println!(
         "apply at {applied_at}, run started_at {}, finished_at {}: apply→first request \
          {to_first_request:.1}s (±1 s), apply→Succeeded {:.1}s, MODIFIED events {} of which \
-         status changes {}",
+         status changes {}, status writes by the controller {status_writes} \
+         ({:.1}/min)",
         result.started_at,
         result.finished_at,
         elapsed.as_secs_f64(),
         writes.all.load(Ordering::SeqCst),
         writes.status.load(Ordering::SeqCst),
+        status_writes * 60.0 / elapsed.as_secs_f64(),
     );
     println!(
         "Prepared at {}, WorkersReady at {}, startTime {}, completionTime {}",
@@ -481,4 +530,403 @@ fn an_invalid_manifest_gets_invalid_spec_and_no_children() {
     assert_eq!(env.server.list("batch", "jobs"), Vec::<Value>::new());
     assert_eq!(env.server.list("", "configmaps"), Vec::<Value>::new());
     assert_eq!(env.server.list("", "pods"), Vec::<Value>::new());
+}
+
+/// Waits until the run's start instant is recorded; returns it (ms since the Unix epoch).
+fn wait_started(env: &Env, name: &str) -> i64 {
+    let st = env.wait_for(name, "start", Duration::from_secs(120), |st| {
+        st["status"]["phase"] == "Running"
+            && st["metadata"]["annotations"][ANNOTATION_START_UNIX_MS].is_string()
+    });
+    let value = st["metadata"]["annotations"][ANNOTATION_START_UNIX_MS]
+        .as_str()
+        .unwrap();
+    value.split_once('/').unwrap().1.parse().unwrap()
+}
+
+fn unix_ms_now() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_millisecond()
+}
+
+/// Events (events.k8s.io/v1) recorded on the StressTest `name`, as (reason, note).
+fn events_of(server: &ApiServer, name: &str) -> Vec<(String, String)> {
+    server
+        .list("events.k8s.io", "events")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == name)
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_killed_mid_run_marks_its_missed_stages_incomplete_with_the_reason() {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e_killed";
+    let name = "op-killed";
+    drop_collection(collection);
+    let env = Env::start();
+    let body = manifest(name, collection, 1000, 4).replace(
+        "    - {duration: 4s, users: 4, spawnRate: 10}\n",
+        "    - {duration: 4s, users: 4, spawnRate: 10}\n    - {duration: 4s, users: 6, spawnRate: 10}\n",
+    );
+    env.apply(name, &body);
+    let start = wait_started(&env, name);
+    // Late in the second stage (stages of 4 s from the start instant), after a pull (every
+    // 2 s) has seen the first stage complete on both shards.
+    let kill_at = start + 7_000;
+    let wait = kill_at - unix_ms_now();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let pod = env
+        .server
+        .list("", "pods")
+        .into_iter()
+        .find(|p| {
+            p["metadata"]["labels"]["stampede.dev/role"] == "worker"
+                && p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"
+        })
+        .expect("a worker pod for shard 1");
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(
+        env.kubelet.kill(&pod_name),
+        "pod {pod_name} was not running"
+    );
+
+    let st = env.wait_finished(name, Duration::from_secs(120));
+    let why = || env.diagnostics(&st);
+    assert_eq!(st["status"]["phase"], "Failed", "{}", why());
+    assert_eq!(
+        condition(&st, "Complete")["reason"],
+        "RunIncomplete",
+        "{}",
+        why()
+    );
+    let workers = condition(&st, "WorkersReady");
+    assert_eq!(workers["reason"], "WorkerLost", "{}", why());
+    assert!(
+        workers["message"].as_str().unwrap().contains("shard 1"),
+        "{workers}"
+    );
+    let stages = st["status"]["stages"].as_array().expect("status.stages");
+    assert_eq!(stages.len(), 3, "{}", why());
+    assert_eq!(stages[0]["valid"], true, "{}", why());
+    for s in &stages[1..] {
+        assert_eq!(s["valid"], false, "stage after the kill: {s}");
+        assert!(
+            s["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "no reason on {s}"
+        );
+    }
+    // The measured requests are kept, not dropped: the report has both shards' first stage.
+    let result = env.report(name, &st);
+    assert!(!result.complete);
+    assert!(result.stages[0].valid && result.stages[0].requests > 0);
+    let events = events_of(&env.server, name);
+    assert!(
+        events.iter().any(|(reason, _)| reason == "WorkerLost"),
+        "{events:?}"
+    );
+    println!(
+        "killed {pod_name} 7 s after the start; stages: {}",
+        serde_json::to_string(stages).unwrap()
+    );
+    drop(env);
+    drop_collection(collection);
+}
+
+#[test]
+fn each_of_twelve_invalid_manifests_gets_invalid_spec_naming_the_field_and_no_children() {
+    let env = Env::start();
+    let base = manifest("NAME", "t_op_invalid", 1000, 3);
+    let cases: [(&str, &str, &str, &str); 12] = [
+        ("rows", "rows: 1000", "rows: 0", "spec.data.rows"),
+        (
+            "dim",
+            "dimension: 16",
+            "dimension: 0",
+            "spec.collection.dimension",
+        ),
+        (
+            "batch",
+            "batchSize: 1000",
+            "batchSize: 0",
+            "spec.data.batchSize",
+        ),
+        (
+            "conc",
+            "batchSize: 1000",
+            "batchSize: 1000, insertConcurrency: 100",
+            "spec.data.insertConcurrency",
+        ),
+        ("index", "{type: FLAT}", "{type: \"\"}", "spec.index.type"),
+        (
+            "weight",
+            "weight: 1",
+            "weight: 0",
+            "spec.workload.operations",
+        ),
+        (
+            "users",
+            "{duration: 3s, users: 2, spawnRate: 10}",
+            "{duration: 3s, spawnRate: 10}",
+            "spec.stages[0].users",
+        ),
+        (
+            "recall-sla",
+            "sla: {maxP99: 10s}",
+            "sla: {maxP99: 10s, recallAtLeast: 1.5}",
+            "spec.sla.recallAtLeast",
+        ),
+        (
+            "target-qps",
+            "targetQps: 1000",
+            "targetQps: 0",
+            "spec.capacity.targetQps",
+        ),
+        (
+            "share",
+            "sampleQueries: 20, topK: 10",
+            "sampleQueries: 20, topK: 10, share: 2",
+            "spec.recall.share",
+        ),
+        (
+            "address",
+            &format!("address: \"{}\"", common::milvus_addr()),
+            "address: \"\"",
+            "spec.target.address",
+        ),
+        (
+            "filter",
+            "search: {topK: 10}",
+            "search: {topK: 10, filter: 'category == \"{nope}\"'}",
+            "spec.workload.operations[0].search.filter",
+        ),
+    ];
+    for (suffix, from, to, _) in &cases {
+        let name = format!("op-invalid-{suffix}");
+        assert!(base.contains(from), "{from} not in the base manifest");
+        env.apply(&name, &base.replace("NAME", &name).replacen(from, to, 1));
+    }
+    for (suffix, _, _, field) in &cases {
+        let name = format!("op-invalid-{suffix}");
+        let st = env.wait_finished(&name, Duration::from_secs(60));
+        let why = || env.diagnostics(&st);
+        assert_eq!(st["status"]["phase"], "Failed", "{name}: {}", why());
+        let complete = condition(&st, "Complete");
+        assert_eq!(complete["reason"], "InvalidSpec", "{name}: {}", why());
+        let message = complete["message"].as_str().unwrap();
+        assert!(message.contains(field), "{name}: {field} not in {message}");
+        let events = events_of(&env.server, &name);
+        assert!(
+            events
+                .iter()
+                .any(|(r, note)| r == "InvalidSpec" && note.contains(field)),
+            "{name}: {events:?}"
+        );
+    }
+    // A later reconcile must not create anything either.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.server.list("batch", "jobs"), Vec::<Value>::new());
+    assert_eq!(env.server.list("", "configmaps"), Vec::<Value>::new());
+    assert_eq!(env.server.list("", "pods"), Vec::<Value>::new());
+}
+
+#[test]
+fn with_leader_election_only_the_lease_holder_drives_and_the_standby_takes_over_when_it_dies() {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e_leader";
+    let name = "op-leader";
+    drop_collection(collection);
+    let mut env = Env::start();
+    // Replace the plain controller with two electing ones.
+    env.kill_controller();
+    let logs = [
+        env.dir.path().join("a.stderr"),
+        env.dir.path().join("b.stderr"),
+    ];
+    let a = Controller::start(&env.server, &logs[0], &["--leader-elect"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let b = Controller::start(&env.server, &logs[1], &["--leader-elect"]);
+    let lease = || {
+        env.server.get(
+            "coordination.k8s.io",
+            "leases",
+            "default",
+            "stampede-controller",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lease().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let holder = lease().expect("a Lease")["spec"]["holderIdentity"].clone();
+    assert!(holder.is_string(), "{holder}");
+    let leader_of = |c: &Controller| c.http_get("/metrics").contains("\nstampede_leader 1\n");
+    assert!(leader_of(&a), "the first controller should lead");
+    assert!(!leader_of(&b), "the second controller must stand by");
+    assert_eq!(b.http_get("/readyz"), "ok\n", "a standby is ready");
+
+    env.apply(name, &manifest(name, collection, 1000, 4));
+    wait_started(&env, name);
+    std::thread::sleep(Duration::from_secs(2));
+    // The standby has reconciled nothing.
+    assert!(
+        b.http_get("/metrics")
+            .contains("\nstampede_reconciles_total 0\n"),
+        "{}",
+        b.http_get("/metrics")
+    );
+    let killed = Instant::now();
+    drop(a);
+    let st = env.wait_finished(name, Duration::from_secs(150));
+    let log_b = std::fs::read_to_string(&logs[1]).unwrap_or_default();
+    assert_eq!(
+        st["status"]["phase"],
+        "Succeeded",
+        "{}\n--- b\n{log_b}",
+        env.diagnostics(&st)
+    );
+    assert!(leader_of(&b), "the standby should lead now");
+    let now_holder = lease().unwrap()["spec"]["holderIdentity"].clone();
+    assert_ne!(now_holder, holder);
+    let result = env.report(name, &st);
+    assert!(result.complete, "{:?}", result.incomplete_reason);
+    assert_eq!(measured_requests(&result), stage_requests(&env, &st));
+    println!(
+        "leader killed; standby took over and the test Succeeded {:.1}s later",
+        killed.elapsed().as_secs_f64()
+    );
+    drop(b);
+    drop(env);
+    drop_collection(collection);
+}
+
+fn collection_exists(name: &str) -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            stampede::milvus::MilvusClient::connect(stampede::milvus::ConnectOptions::new(
+                common::milvus_addr(),
+            ))
+            .await
+            .unwrap()
+            .has_collection(name)
+            .await
+            .unwrap()
+        })
+}
+
+#[test]
+fn drop_collection_drops_it_after_the_test_and_when_a_running_test_is_deleted_within_the_chart_rbac()
+ {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut env = Env::start();
+    // As the chart runs it: with leader election.
+    env.kill_controller();
+    env.controllers_started += 1;
+    let log = env
+        .dir
+        .path()
+        .join(format!("controller-{}.stderr", env.controllers_started));
+    env.controller = Some(Controller::start(&env.server, &log, &["--leader-elect"]));
+    let with_drop = |name: &str, collection: &str| {
+        manifest(name, collection, 1000, 3).replace(
+            "  recall: {sampleQueries: 20, topK: 10}\n",
+            "  recall: {sampleQueries: 20, topK: 10}\n  cleanup: {dropCollection: true}\n",
+        )
+    };
+
+    // 1. Runs to its end, then the cleanup Job drops the collection and the finalizer goes.
+    let (name, collection) = ("op-drop", "t_op_e2e_drop");
+    env.apply(name, &with_drop(name, collection));
+    env.wait_for(name, "finalizer", Duration::from_secs(60), |st| {
+        st["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "stampede.dev/drop-collection"))
+    });
+    let st = env.wait_finished(name, Duration::from_secs(150));
+    assert_eq!(
+        st["status"]["phase"],
+        "Succeeded",
+        "{}",
+        env.diagnostics(&st)
+    );
+    let st = env.wait_for(name, "finalizer removal", Duration::from_secs(60), |st| {
+        st["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+    });
+    assert!(!collection_exists(collection), "{}", env.diagnostics(&st));
+    assert!(
+        events_of(&env.server, name)
+            .iter()
+            .any(|(r, _)| r == "CollectionDropped"),
+        "{:?}",
+        events_of(&env.server, name)
+    );
+
+    // 2. Deleted while running: the workers stop, the collection is dropped, the test goes.
+    let (name, collection) = ("op-drop-deleted", "t_op_e2e_drop_deleted");
+    env.apply(name, &with_drop(name, collection));
+    wait_started(&env, name);
+    assert!(collection_exists(collection));
+    env.server
+        .kubectl_ok(&["delete", "st", name, "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while env
+        .server
+        .get("stampede.dev", "stresstests", "default", name)
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{name} still exists\n{}",
+            env.diagnostics(&env.get_st(name))
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!collection_exists(collection));
+    // Its children are garbage-collected with it.
+    let left: Vec<String> = env
+        .server
+        .list("batch", "jobs")
+        .iter()
+        .map(|j| {
+            j["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .filter(|n| n.starts_with(name))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Every request the controller made (create, run, finish, clean up, delete, lead) is
+    // allowed by the RBAC rules the Helm chart renders.
+    let rules = support::chart::cluster_rules(&support::chart::helm_template(&[]));
+    let mut made: Vec<_> = env.server.requests_of(CONTROLLER_TOKEN);
+    made.sort();
+    made.dedup_by(|a, b| a.verb == b.verb && a.group == b.group && a.resource == b.resource);
+    assert!(made.len() > 10, "{made:?}");
+    let denied: Vec<String> = made
+        .iter()
+        .filter(|r| !support::chart::allows(&rules, &r.group, &r.resource, &r.verb))
+        .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
+        .collect();
+    assert!(denied.is_empty(), "not granted by the chart: {denied:?}");
+    println!(
+        "controller requests: {}",
+        made.iter()
+            .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }

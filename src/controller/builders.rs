@@ -71,6 +71,8 @@ pub enum Role {
     Prepare,
     /// The worker Job and its pods.
     Worker,
+    /// The cleanup Job (drops the collection) and its pod.
+    Cleanup,
 }
 
 impl Role {
@@ -80,6 +82,7 @@ impl Role {
             Role::Plan => "plan",
             Role::Prepare => "prepare",
             Role::Worker => "worker",
+            Role::Cleanup => "cleanup",
         }
     }
 }
@@ -186,6 +189,11 @@ pub fn prepare_job_name(test: &str) -> String {
 /// Name of the worker Job: `<test>-workers`.
 pub fn worker_job_name(test: &str) -> String {
     child_name(test, "workers")
+}
+
+/// Name of the cleanup Job: `<test>-cleanup`.
+pub fn cleanup_job_name(test: &str) -> String {
+    child_name(test, "cleanup")
 }
 
 /// Labels of a child of `test` (also the selector of its pods, together with the Job's own).
@@ -341,6 +349,79 @@ pub fn prepare_job(st: &StressTest, image: &str) -> Result<Job, BuildError> {
         }),
         ..Job::default()
     })
+}
+
+/// The cleanup Job `<test>-cleanup`: `stampede cleanup -f /plan/stresstest.yaml`, which drops
+/// the collection (`spec.cleanup.dropCollection`). Retried twice; a collection that is already
+/// gone counts as dropped.
+pub fn cleanup_job(st: &StressTest, image: &str) -> Result<Job, BuildError> {
+    let o = owner(st)?;
+    let container = Container {
+        name: "cleanup".to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec!["stampede".to_string()]),
+        args: Some(["cleanup", "-f", PLAN_PATH].map(str::to_string).to_vec()),
+        env: non_empty(target_env(&st.spec)),
+        volume_mounts: Some(volume_mounts(&st.spec, false)),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    };
+    Ok(Job {
+        metadata: o.metadata(cleanup_job_name(&o.name), Role::Cleanup),
+        spec: Some(JobSpec {
+            backoff_limit: Some(PREPARE_BACKOFF_LIMIT),
+            ttl_seconds_after_finished: ttl(&st.spec),
+            template: pod_template(&o, Role::Cleanup, container, volumes(&st.spec, &o, false)),
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
+}
+
+/// Where the prepare, worker and cleanup pods may run: set on the controller (the chart's
+/// `workers.nodeSelector`, `workers.tolerations` and `workers.affinity`), not per test.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Node labels the pods require.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Node and pod affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+}
+
+impl Placement {
+    /// Parses the JSON form, e.g. `{"nodeSelector":{"pool":"load"},"tolerations":[...]}`.
+    pub fn from_json(text: &str) -> Result<Placement, String> {
+        if text.trim().is_empty() {
+            return Ok(Placement::default());
+        }
+        serde_json::from_str(text).map_err(|e| {
+            format!(
+                "--worker-scheduling is not a JSON object with nodeSelector, tolerations and affinity: {e}"
+            )
+        })
+    }
+
+    /// Sets the placement on a Job's pod template.
+    pub fn apply(&self, job: &mut Job) {
+        let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+            return;
+        };
+        if !self.node_selector.is_empty() {
+            pod.node_selector = Some(self.node_selector.clone());
+        }
+        if !self.tolerations.is_empty() {
+            pod.tolerations = Some(self.tolerations.clone());
+        }
+        if self.affinity.is_some() {
+            pod.affinity = self.affinity.clone();
+        }
+    }
 }
 
 /// The worker Job `<test>-workers`: Indexed, `workers` pods at once (`JOB_COMPLETION_INDEX` is
@@ -934,6 +1015,51 @@ spec:
                 path: "ca.crt".to_string(),
                 ..KeyToPath::default()
             }])
+        );
+    }
+
+    #[test]
+    fn the_cleanup_job_drops_the_collection_of_the_plan_with_the_secret_from_env() {
+        let st = classic();
+        let job = cleanup_job(&st, IMAGE).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("classic-cleanup"));
+        assert_eq!(
+            job.metadata.labels.as_ref().unwrap()[LABEL_ROLE],
+            "cleanup".to_string()
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.args.as_deref().unwrap(),
+            ["cleanup", "-f", "/plan/stresstest.yaml"]
+        );
+        assert_eq!(c.env, non_empty(target_env(&st.spec)));
+    }
+
+    #[test]
+    fn placement_from_json_reaches_the_pod_template() {
+        let p = Placement::from_json(
+            r#"{"nodeSelector":{"pool":"load"},"tolerations":[{"key":"load","operator":"Exists","effect":"NoSchedule"}],"affinity":{"podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"podAffinityTerm":{"topologyKey":"kubernetes.io/hostname"}}]}}}"#,
+        )
+        .unwrap();
+        let mut job = worker_job(&classic(), IMAGE, 2).unwrap();
+        p.apply(&mut job);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "load");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("load"));
+        assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+    }
+
+    #[test]
+    fn an_empty_placement_changes_nothing_and_a_wrong_one_names_the_flag() {
+        let mut job = worker_job(&classic(), IMAGE, 2).unwrap();
+        let before = job.clone();
+        Placement::from_json("").unwrap().apply(&mut job);
+        assert_eq!(job, before);
+        let err = Placement::from_json(r#"{"nodeSelecter":{}}"#).unwrap_err();
+        assert!(
+            err.contains("--worker-scheduling") && err.contains("nodeSelecter"),
+            "{err}"
         );
     }
 

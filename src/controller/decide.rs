@@ -175,6 +175,8 @@ pub struct Observed {
     pub prepare_job: Option<JobObserved>,
     /// The worker Job.
     pub worker_job: Option<JobObserved>,
+    /// The cleanup Job.
+    pub cleanup_job: Option<JobObserved>,
     /// Shards 0..workers, by index.
     pub shards: BTreeMap<u32, ShardObserved>,
     /// When progress was last written to status by this controller process (ms since epoch).
@@ -215,6 +217,14 @@ pub enum Action {
     DeletePrepareJob,
     /// Delete the worker Job (it belongs to an older generation).
     DeleteWorkerJob,
+    /// Server-side apply the cleanup Job (drops the collection).
+    ApplyCleanupJob,
+    /// Delete the cleanup Job (it belongs to an earlier run).
+    DeleteCleanupJob,
+    /// Add [`crate::controller::cleanup::FINALIZER`] to the StressTest.
+    AddFinalizer,
+    /// Remove [`crate::controller::cleanup::FINALIZER`] from the StressTest.
+    RemoveFinalizer,
     /// Record an Event on the StressTest.
     Event {
         /// Normal or Warning.
@@ -1089,6 +1099,7 @@ spec:
             plan_exists: true,
             prepare_job: None,
             worker_job: None,
+            cleanup_job: None,
             shards: BTreeMap::new(),
             last_progress_unix_ms: None,
         }

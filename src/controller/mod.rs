@@ -3,6 +3,9 @@
 //! are unit-tested without a cluster.
 
 pub mod builders;
+pub mod cleanup;
 pub mod decide;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 pub mod status;

@@ -22,10 +22,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::controller::builders::{self, Role};
+use crate::controller::cleanup;
 use crate::controller::decide::{
     self, ANNOTATION_START_UNIX_MS, Action, EventType, JobObserved, JobOutcome, Observed, Pull,
     ShardObserved, WorkerPod,
 };
+use crate::controller::leader;
+use crate::controller::metrics::{self, Metrics};
 use crate::metrics::Snapshot;
 use crate::spec::{Phase, StressTest, StressTestSpec};
 
@@ -50,8 +53,21 @@ pub struct ControllerOptions {
     pub worker_port: u16,
     /// Watch only this namespace (all namespaces when None).
     pub namespace: Option<String>,
-    /// Address of the /healthz and /readyz server (None: no server).
+    /// Address of the /healthz, /readyz and /metrics server (None: no server).
     pub health_addr: Option<SocketAddr>,
+    /// Leader election (None: this process leads alone).
+    pub leader_election: Option<LeaderElection>,
+    /// Node selector, tolerations and affinity of the prepare and worker pods.
+    pub placement: builders::Placement,
+}
+
+/// Where the leader Lease lives.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease (the controller's own).
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
 }
 
 /// Why the controller stopped or a reconcile failed.
@@ -71,6 +87,11 @@ pub enum ControllerError {
     /// A child object could not be built.
     #[error(transparent)]
     Build(#[from] builders::BuildError),
+    /// Another replica took the leader Lease, or it could not be renewed in time.
+    #[error(
+        "{0}; stopping so that only one controller drives tests (the Deployment restarts this one as a standby)"
+    )]
+    LostLeadership(String),
     /// The StressTest lacks metadata the API server always sets.
     #[error("the StressTest has no metadata.{0}")]
     MissingMetadata(&'static str),
@@ -107,6 +128,10 @@ pub struct Context {
     pub cache: Mutex<Cache>,
     /// Consecutive failures per test UID, for the backoff.
     pub failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Node selector, tolerations and affinity of the prepare and worker pods.
+    pub placement: builders::Placement,
 }
 
 /// In-memory state that a restart may lose without losing anything the cluster does not hold.
@@ -136,6 +161,8 @@ impl Context {
             recorder,
             cache: Mutex::new(Cache::default()),
             failures: std::sync::Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
+            placement: builders::Placement::default(),
         }
     }
 }
@@ -146,12 +173,25 @@ pub async fn run_controller(
     opts: ControllerOptions,
 ) -> Result<(), ControllerError> {
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.health_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ControllerError::Health { addr, source })?;
-        tokio::spawn(serve_health(listener, ready.clone()));
+        tokio::spawn(serve_health(listener, ready.clone(), metrics.clone()));
     }
+    // A standby is ready (it serves probes and metrics); only the leader reconciles.
+    ready.store(true, Ordering::Relaxed);
+    let elector = opts.leader_election.as_ref().map(|le| {
+        leader::Elector::new(client.clone(), &le.namespace, &le.name, leader::identity())
+    });
+    if let Some(e) = &elector {
+        tokio::select! {
+            () = e.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
     let (tests, jobs, config_maps): (Api<StressTest>, Api<Job>, Api<ConfigMap>) =
         match &opts.namespace {
             Some(ns) => (
@@ -170,10 +210,17 @@ pub async fn run_controller(
         builders::LABEL_MANAGED_BY,
         builders::APP
     ));
-    let ctx = Arc::new(Context::new(client, opts.image, opts.worker_port));
-    ready.store(true, Ordering::Relaxed);
+    let schedules = crate::schedule::run_schedules(
+        client.clone(),
+        opts.namespace.clone(),
+        Arc::new(Timestamp::now),
+    );
+    let mut context = Context::new(client, opts.image, opts.worker_port);
+    context.metrics = metrics;
+    context.placement = opts.placement;
+    let ctx = Arc::new(context);
     tracing::info!("stampede controller started");
-    Controller::new(tests, watcher::Config::default())
+    let controller = Controller::new(tests, watcher::Config::default())
         .owns(jobs, children.clone())
         .owns(config_maps, children)
         .shutdown_on_signal()
@@ -183,9 +230,40 @@ pub async fn run_controller(
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
                 Err(e) => tracing::warn!("reconcile failed: {e}"),
             }
-        })
-        .await;
+        });
+    // StressTests and StressTestSchedules, both under the same leadership.
+    let controller = async move {
+        let ((), schedules) = tokio::join!(controller, schedules);
+        if let Err(e) = schedules {
+            tracing::error!("the StressTestSchedule controller stopped: {e}");
+        }
+    };
+    match &elector {
+        None => controller.await,
+        Some(e) => {
+            tokio::select! {
+                () = controller => {}
+                lost = e.keep() => return Err(ControllerError::LostLeadership(lost)),
+            }
+            e.release().await;
+        }
+    }
     Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Requeues a failed reconcile with exponential backoff per test.
@@ -199,6 +277,7 @@ pub fn error_policy(st: Arc<StressTest>, error: &ControllerError, ctx: Arc<Conte
         }
         Err(_) => 1,
     };
+    ctx.metrics.reconcile_failed();
     let delay = backoff(n);
     tracing::warn!(test = %st.name_any(), "reconcile failed (retry in {delay:?}): {error}");
     Requeue::requeue(delay)
@@ -212,6 +291,7 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// One reconcile: read, decide, act.
 pub async fn reconcile(st: Arc<StressTest>, ctx: Arc<Context>) -> Result<Requeue, ControllerError> {
+    ctx.metrics.reconciled();
     let name = st
         .metadata
         .name
@@ -227,8 +307,9 @@ pub async fn reconcile(st: Arc<StressTest>, ctx: Arc<Context>) -> Result<Requeue
         .uid
         .clone()
         .ok_or(ControllerError::MissingMetadata("uid"))?;
-    if st.metadata.deletion_timestamp.is_some() {
+    if st.metadata.deletion_timestamp.is_some() && !has_our_finalizer(&st) {
         // Children are owned: the garbage collector removes them.
+        ctx.metrics.forget_test(&ns, &name);
         forget(&ctx, &uid).await;
         return Ok(Requeue::await_change());
     }
@@ -243,17 +324,61 @@ pub async fn reconcile(st: Arc<StressTest>, ctx: Arc<Context>) -> Result<Requeue
         .map_err(kube_err(format!("read StressTest {ns}/{name}")))?
     {
         Some(fresh) if fresh.metadata.uid.as_deref() == Some(uid.as_str()) => Arc::new(fresh),
-        _ => return Ok(Requeue::await_change()),
+        _ => {
+            ctx.metrics.forget_test(&ns, &name);
+            return Ok(Requeue::await_change());
+        }
     };
     if st.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget_test(&ns, &name);
         forget(&ctx, &uid).await;
-        return Ok(Requeue::await_change());
+        if !has_our_finalizer(&st) {
+            return Ok(Requeue::await_change());
+        }
+        // Held by the drop-collection finalizer: only the cleanup runs.
+        let observed = observe(&st, &ctx, &name, &ns, &uid).await?;
+        let decision = decide::Decision {
+            actions: cleanup::decide_cleanup(&observed),
+            status: st.status.clone().unwrap_or_default(),
+            progress_written: false,
+        };
+        execute(&st, &ctx, &observed, &decision, &ns).await?;
+        return Ok(match decision.requeue_after() {
+            Some(d) => Requeue::requeue(d),
+            None => Requeue::await_change(),
+        });
     }
 
     let observed = observe(&st, &ctx, &name, &ns, &uid).await?;
     let now = (ctx.clock)();
-    let decision = decide::decide(&observed, now);
+    let mut decision = decide::decide(&observed, now);
+    // The cleanup looks at the test as it will be after this reconcile's status write.
+    let mut after = observed.clone();
+    after.test.status = Some(decision.status.clone());
+    let cleanup_actions = cleanup::decide_cleanup(&after);
+    let requeue = [
+        decision.requeue_after(),
+        cleanup_actions.iter().find_map(|a| match a {
+            Action::RequeueAfter(d) => Some(*d),
+            _ => None,
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    decision
+        .actions
+        .retain(|a| !matches!(a, Action::RequeueAfter(_)));
+    decision.actions.extend(
+        cleanup_actions
+            .into_iter()
+            .filter(|a| !matches!(a, Action::RequeueAfter(_))),
+    );
+    if let Some(d) = requeue {
+        decision.actions.push(Action::RequeueAfter(d));
+    }
     execute(&st, &ctx, &observed, &decision, &ns).await?;
+    ctx.metrics.observe_test(&ns, &name, &decision.status);
 
     if let Ok(mut f) = ctx.failures.lock() {
         f.remove(&uid);
@@ -272,6 +397,14 @@ pub async fn reconcile(st: Arc<StressTest>, ctx: Arc<Context>) -> Result<Requeue
         Some(d) => Requeue::requeue(d),
         None => Requeue::await_change(),
     })
+}
+
+fn has_our_finalizer(st: &StressTest) -> bool {
+    st.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == cleanup::FINALIZER)
 }
 
 async fn forget(ctx: &Context, uid: &str) {
@@ -372,6 +505,14 @@ async fn observe(
         .get_opt(&worker_name)
         .await
         .map_err(kube_err(format!("read Job {ns}/{worker_name}")))?;
+    let cleanup_job = if has_our_finalizer(st) {
+        let cleanup_name = builders::cleanup_job_name(name);
+        jobs.get_opt(&cleanup_name)
+            .await
+            .map_err(kube_err(format!("read Job {ns}/{cleanup_name}")))?
+    } else {
+        None
+    };
 
     let phase = st.status.as_ref().and_then(|s| s.phase);
     let mut shards: BTreeMap<u32, ShardObserved> = BTreeMap::new();
@@ -462,6 +603,7 @@ async fn observe(
         plan_exists: plan_cm.is_some(),
         prepare_job: prepare_job.as_ref().map(job_observed),
         worker_job: worker_job.as_ref().map(job_observed),
+        cleanup_job: cleanup_job.as_ref().map(job_observed),
         shards,
         last_progress_unix_ms,
     })
@@ -530,14 +672,16 @@ async fn execute(
                     .map_err(kube_err(format!("apply ConfigMap {ns}/{n}")))?;
             }
             Action::ApplyPrepareJob => {
-                let job = builders::prepare_job(&source, &ctx.image)?;
+                let mut job = builders::prepare_job(&source, &ctx.image)?;
+                ctx.placement.apply(&mut job);
                 let n = job.name_any();
                 jobs.patch(&n, &apply_params(), &Patch::Apply(&job))
                     .await
                     .map_err(kube_err(format!("apply Job {ns}/{n}")))?;
             }
             Action::ApplyWorkerJob { workers } => {
-                let job = builders::worker_job(&source, &ctx.image, *workers)?;
+                let mut job = builders::worker_job(&source, &ctx.image, *workers)?;
+                ctx.placement.apply(&mut job);
                 let n = job.name_any();
                 jobs.patch(&n, &apply_params(), &Patch::Apply(&job))
                     .await
@@ -618,6 +762,51 @@ async fn execute(
                     tracing::info!(test = %name, "cannot record event: {e}");
                 }
             }
+            Action::ApplyCleanupJob => {
+                let mut job = builders::cleanup_job(&source, &ctx.image)?;
+                ctx.placement.apply(&mut job);
+                let n = job.name_any();
+                jobs.patch(&n, &apply_params(), &Patch::Apply(&job))
+                    .await
+                    .map_err(kube_err(format!("apply Job {ns}/{n}")))?;
+            }
+            Action::DeleteCleanupJob => {
+                delete_job(&jobs, &builders::cleanup_job_name(&name), ns).await?;
+            }
+            Action::AddFinalizer | Action::RemoveFinalizer => {
+                let mut finalizers: Vec<String> = st
+                    .metadata
+                    .finalizers
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|f| f != cleanup::FINALIZER)
+                    .collect();
+                if matches!(action, Action::AddFinalizer) {
+                    finalizers.push(cleanup::FINALIZER.to_string());
+                }
+                // The resourceVersion makes the write conditional: a concurrent change of the
+                // list gets 409 and a retry instead of being overwritten.
+                let patch = serde_json::json!({
+                    "metadata": {
+                        "finalizers": finalizers,
+                        "resourceVersion": st.metadata.resource_version,
+                    }
+                });
+                tests
+                    .patch(
+                        &name,
+                        &PatchParams {
+                            field_manager: Some(FIELD_MANAGER.to_string()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(kube_err(format!(
+                        "update finalizers of StressTest {ns}/{name}"
+                    )))?;
+            }
             Action::RequeueAfter(_) => {}
         }
     }
@@ -632,6 +821,7 @@ async fn execute(
             .patch_status(&name, &apply_params(), &Patch::Apply(&patch))
             .await
             .map_err(kube_err(format!("write status of StressTest {ns}/{name}")))?;
+        ctx.metrics.status_written();
     }
     Ok(())
 }
@@ -662,14 +852,20 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Answers `GET /healthz` and `GET /readyz` with 200 (readyz once the controller runs), anything
-/// else with 404. HTTP/1.1 by hand: two fixed answers need no framework.
-pub async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
+/// Answers `GET /healthz` and `GET /readyz` with 200 (readyz once the controller runs),
+/// `GET /metrics` with the Prometheus metrics, anything else with 404. HTTP/1.1 by hand: three
+/// fixed answers need no framework.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let ready = ready.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
@@ -678,14 +874,16 @@ pub async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBo
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = match path {
-                "/healthz" | "/livez" => ("200 OK", "ok\n"),
-                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n"),
-                "/readyz" => ("503 Service Unavailable", "not ready\n"),
-                _ => ("404 Not Found", "not found\n"),
+            let text = "text/plain";
+            let (code, content_type, body) = match path {
+                "/healthz" | "/livez" => ("200 OK", text, "ok\n".to_string()),
+                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", text, "ok\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", text, "not ready\n".to_string()),
+                "/metrics" => ("200 OK", metrics::CONTENT_TYPE, metrics.render()),
+                _ => ("404 Not Found", text, "not found\n".to_string()),
             };
             let reply = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = sock.write_all(reply.as_bytes()).await;
@@ -770,11 +968,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn health_server_answers_healthz_and_readyz() {
+    async fn health_server_answers_healthz_readyz_and_metrics() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
-        tokio::spawn(serve_health(listener, ready.clone()));
+        let metrics = Arc::new(Metrics::default());
+        metrics.reconciled();
+        tokio::spawn(serve_health(listener, ready.clone(), metrics));
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
@@ -789,5 +989,17 @@ mod tests {
         ready.store(true, Ordering::Relaxed);
         assert_eq!(get("/readyz").await, "HTTP/1.1 200 OK");
         assert_eq!(get("/nope").await, "HTTP/1.1 404 Not Found");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(
+            out.contains("content-type: text/plain; version=0.0.4"),
+            "{out}"
+        );
+        assert!(out.contains("\nstampede_reconciles_total 1\n"), "{out}");
     }
 }

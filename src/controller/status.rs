@@ -178,6 +178,11 @@ pub fn status_from_result(
                 in_flight_max: s.in_flight_max,
                 valid: s.valid,
                 reason: s.invalid_reason.clone(),
+                bottleneck: r
+                    .bottlenecks
+                    .iter()
+                    .find(|b| b.stage == s.index)
+                    .map(|b| b.to_status()),
             })
             .collect(),
         operations: r
@@ -235,6 +240,7 @@ pub fn status_from_result(
         report: report_config_map.map(|name| ReportStatus {
             config_map: name.to_string(),
         }),
+        regression: ctx.previous.and_then(|p| p.regression.clone()),
     }
 }
 
@@ -629,6 +635,8 @@ spec:
             prepare: None,
             series: Vec::new(),
             client_cpu: Vec::new(),
+            server: Default::default(),
+            bottlenecks: Vec::new(),
             measurements: Snapshot::default(),
         }
     }
@@ -682,6 +690,7 @@ spec:
                 in_flight_max: 50,
                 valid: true,
                 reason: None,
+                bottleneck: None,
             }
         );
         assert_eq!(s.stages.len(), 3);
@@ -735,6 +744,32 @@ spec:
             Some(
                 "3/3 stages: 982.6 QPS, P95 87.7ms, P99 123ms, 3 of 147397 requests failed; SLA met: capacity at SLA 1234.6 QPS; minQps 1235 QPS at stage 2 (target ≥ 1000 QPS); maxP95 41.7 ms (target ≤ 100 ms); 9 query nodes for 10000 QPS (18 with redundancy)"
             )
+        );
+    }
+
+    #[test]
+    fn each_stages_bottleneck_is_copied_into_the_status() {
+        use crate::bottleneck::{Recommendation, Resource, StageBottleneck};
+        let mut r = result(true);
+        r.bottlenecks = vec![StageBottleneck {
+            stage: 2,
+            resource: Resource::ServerCpu,
+            evidence: "at 100 users, P95 121.2 ms: Milvus used 1.90 of 2.00 cores (95 %)".into(),
+            recommendations: vec![Recommendation {
+                rule: "cpu".into(),
+                text: "add query nodes (or cores), or lower ef from 64".into(),
+            }],
+        }];
+        let s = status_from_result(&r, &ctx(None), None);
+        assert_eq!(s.stages[0].bottleneck, None);
+        assert_eq!(
+            s.stages[2].bottleneck,
+            Some(crate::spec::BottleneckStatus {
+                resource: "serverCpu".into(),
+                evidence: "at 100 users, P95 121.2 ms: Milvus used 1.90 of 2.00 cores (95 %)"
+                    .into(),
+                recommendations: vec!["add query nodes (or cores), or lower ef from 64".into()],
+            })
         );
     }
 

@@ -90,6 +90,31 @@ impl ApiServer {
         )
     }
 
+    /// A kubeconfig whose user sends `Authorization: Bearer <token>`, so that the requests of
+    /// one client (e.g. the controller) can be told apart in [`ApiServer::requests_of`].
+    pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{token}"));
+        let text = self
+            .kubeconfig()
+            .replace("  user: {}\n", &format!("  user:\n    token: {token}\n"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The resource requests made with bearer `token`: (verb, group, resource[/subresource],
+    /// namespace), verbs as RBAC names them (get, list, watch, create, update, patch, delete,
+    /// deletecollection).
+    pub fn requests_of(&self, token: &str) -> Vec<RequestRecord> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == token)
+            .map(|r| r.1.clone())
+            .collect()
+    }
+
     /// Path of the kubeconfig file written at start, for `kubectl --kubeconfig`.
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
@@ -249,7 +274,22 @@ struct Store {
 /// Source of `GET …/pods/<name>/log`: (namespace, pod name) → the log text, if known.
 pub type PodLogs = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
 
+/// One resource request, as RBAC sees it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestRecord {
+    /// get, list, watch, create, update, patch, delete or deletecollection.
+    pub verb: String,
+    /// API group ("" for the core group).
+    pub group: String,
+    /// Plural, with `/subresource` when there is one.
+    pub resource: String,
+    /// Namespace ("" when cluster-scoped or across all namespaces).
+    pub namespace: String,
+}
+
 struct State {
+    /// (bearer token, request) of every resource request.
+    requests: Mutex<Vec<(String, RequestRecord)>>,
     store: Mutex<Store>,
     events: broadcast::Sender<Arc<Event>>,
     pod_logs: Mutex<Option<PodLogs>>,
@@ -268,6 +308,7 @@ impl State {
             }),
             events,
             pod_logs: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
         };
         {
             let mut store = state.store.lock().unwrap();
@@ -734,6 +775,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     };
     let accept = header("accept");
     let content_type = header("content-type");
+    let token = header("authorization")
+        .strip_prefix("Bearer ")
+        .unwrap_or_default()
+        .to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return bad_request(format!("reading body: {e}")),
@@ -745,6 +790,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         accept,
         content_type,
         body,
+        token,
     };
     match segs.as_slice() {
         ["version"] => ok(
@@ -870,6 +916,7 @@ struct Req {
     accept: String,
     content_type: String,
     body: Bytes,
+    token: String,
 }
 
 fn group_list(store: &Store) -> Value {
@@ -988,6 +1035,36 @@ async fn resource_request(
     }
     let ns = if info.namespaced { ns } else { "" };
     let status_sub = sub.is_some();
+    {
+        let watching = matches!(
+            rq.query.get("watch").map(String::as_str),
+            Some("true" | "1")
+        );
+        let verb = match (&rq.method, name) {
+            (&Method::GET, None) if watching => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, None) => "deletecollection",
+            (&Method::DELETE, Some(_)) => "delete",
+            _ => "other",
+        };
+        let resource = match sub {
+            Some(sub) => format!("{}/{sub}", info.plural),
+            None => info.plural.clone(),
+        };
+        state.requests.lock().unwrap().push((
+            rq.token.clone(),
+            RequestRecord {
+                verb: verb.to_string(),
+                group: info.group.clone(),
+                resource,
+                namespace: ns.to_string(),
+            },
+        ));
+    }
     let watch = matches!(
         rq.query.get("watch").map(String::as_str),
         Some("true" | "1")

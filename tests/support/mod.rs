@@ -16,4 +16,5 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod chart;
 pub mod kubelet;
