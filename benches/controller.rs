@@ -79,7 +79,13 @@ fn main() {
         .map(|a| a.port())
         .expect("a free port");
     let mut controller = Command::new(STAMPEDE)
-        .args(["controller", "--health-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "controller",
+            "--health-addr",
+            &format!("127.0.0.1:{port}"),
+            "--dashboard-addr",
+            "off",
+        ])
         .env("KUBECONFIG", server.kubeconfig_path())
         .env("STAMPEDE_LOG", "warn")
         .stdout(Stdio::null())

@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Browser tests need Debian's Chromium.
-if [ ! -x /usr/bin/chromium ] && [ -z "${STAMPEDE_CHROMIUM:-}" ]; then
-  echo "== installing chromium (apt-get) for the browser tests"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Browser tests need Debian's Chromium and its WebDriver.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ -z "${STAMPEDE_CHROMIUM:-}" ]; then
+  echo "== installing chromium and chromium-driver (apt-get) for the browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 started_here=0

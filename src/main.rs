@@ -87,6 +87,10 @@ struct ControllerArgs {
     /// Address of the /healthz, /readyz and /metrics (Prometheus) server.
     #[arg(long, env = "STAMPEDE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     health_addr: std::net::SocketAddr,
+    /// Address of the read-only web dashboard of every test the controller manages ("off" to
+    /// disable it).
+    #[arg(long, env = "STAMPEDE_DASHBOARD_ADDR", default_value = "0.0.0.0:8089")]
+    dashboard_addr: String,
     /// Elect a leader with a Lease so that only one replica drives tests (run with it on when
     /// more than one replica may run, e.g. during a rolling update).
     #[arg(long, env = "STAMPEDE_LEADER_ELECT")]
@@ -247,6 +251,14 @@ fn main() -> ExitCode {
                 &a.worker_scheduling,
             )
             .map_err(CliError::Runtime)?;
+            let dashboard_addr = match a.dashboard_addr.as_str() {
+                "off" | "" => None,
+                text => Some(text.parse::<std::net::SocketAddr>().map_err(|e| {
+                    CliError::Runtime(format!(
+                        "--dashboard-addr `{text}` is not HOST:PORT or `off`: {e}"
+                    ))
+                })?),
+            };
             rt.block_on(async {
                 let client = kube::Client::try_default().await.map_err(|e| {
                     CliError::Runtime(format!(
@@ -260,6 +272,7 @@ fn main() -> ExitCode {
                         worker_port: a.worker_port,
                         namespace: a.namespace,
                         health_addr: Some(a.health_addr),
+                        dashboard_addr,
                         leader_election: a.leader_elect.then_some(
                             stampede::controller::reconcile::LeaderElection {
                                 namespace: a.lease_namespace,

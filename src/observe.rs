@@ -1226,6 +1226,143 @@ async fn scrape_loop(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cluster tier: pure pieces the controller calls (discovery by label, restarts and OOM kills)
+
+/// Metrics URLs of the Milvus pods found by `spec.target.metrics.selector`: one per running pod
+/// with an IP, `http://<podIP>:<port><path>`, in pod-name order.
+pub fn pod_metrics_urls(
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    port: Option<u16>,
+    path: Option<&str>,
+) -> Vec<String> {
+    let port = port.unwrap_or(DEFAULT_METRICS_PORT);
+    let path = path.unwrap_or(DEFAULT_METRICS_PATH);
+    let mut found: Vec<(String, String)> = pods
+        .iter()
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            if status.phase.as_deref() != Some("Running") {
+                return None;
+            }
+            let ip = status.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            Some((
+                p.metadata.name.clone().unwrap_or_default(),
+                format!("http://{host}:{port}{path}"),
+            ))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, url)| url).collect()
+}
+
+/// A restart (or OOM kill) of a Milvus container between two looks at its pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRestart {
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Seconds since the test start when it was seen.
+    pub second: f64,
+    /// Restarts seen since the previous look.
+    pub restarts: i32,
+    /// Why the previous instance ended, e.g. `OOMKilled`, `Error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+impl ContainerRestart {
+    /// Whether the kernel killed it for memory.
+    pub fn oom_killed(&self) -> bool {
+        self.reason.as_deref() == Some("OOMKilled") || self.exit_code == Some(137)
+    }
+}
+
+fn restart_counts(
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Vec<(String, i32, Option<String>, Option<i32>)> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+                    (
+                        c.name.clone(),
+                        c.restart_count,
+                        last.and_then(|t| t.reason.clone()),
+                        last.map(|t| t.exit_code),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Restarts between two looks at the Milvus pods (pure): a container whose restart count grew,
+/// with the reason its last instance ended. Pods are matched by name; a pod that is new in
+/// `after` counts its restarts from zero.
+pub fn container_restarts(
+    before: &[k8s_openapi::api::core::v1::Pod],
+    after: &[k8s_openapi::api::core::v1::Pod],
+    second: f64,
+) -> Vec<ContainerRestart> {
+    let mut out = Vec::new();
+    for pod in after {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let old = before
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+            .map(restart_counts)
+            .unwrap_or_default();
+        for (container, count, reason, exit_code) in restart_counts(pod) {
+            let was = old
+                .iter()
+                .find(|(c, ..)| *c == container)
+                .map_or(0, |x| x.1);
+            if count > was {
+                out.push(ContainerRestart {
+                    pod: name.clone(),
+                    container,
+                    second,
+                    restarts: count - was,
+                    reason,
+                    exit_code,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The restarts that happened during each stage (from its start to its steady state's end).
+pub fn restarts_per_stage(
+    restarts: &[ContainerRestart],
+    windows: &[StageWindow],
+) -> Vec<Vec<ContainerRestart>> {
+    windows
+        .iter()
+        .map(|w| {
+            restarts
+                .iter()
+                .filter(|r| r.second > w.start && r.second <= w.end + 1e-9)
+                .cloned()
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1617,6 +1754,82 @@ stages: [{duration: 5s, users: 1, spawnRate: 1}]
                 "spec.target.metrics.interval"
             ]
         );
+    }
+
+    fn pod(
+        name: &str,
+        ip: &str,
+        phase: &str,
+        restarts: i32,
+        reason: Option<&str>,
+    ) -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {
+                "phase": phase,
+                "podIP": ip,
+                "containerStatuses": [{
+                    "name": "querynode", "image": "milvus", "imageID": "", "ready": true,
+                    "restartCount": restarts,
+                    "lastState": reason.map_or(serde_json::json!({}), |r| serde_json::json!({
+                        "terminated": {"reason": r, "exitCode": 137}
+                    }))
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn running_pods_found_by_the_selector_become_metrics_urls() {
+        let pods = [
+            pod("milvus-querynode-b", "10.0.0.7", "Running", 0, None),
+            pod("milvus-querynode-a", "10.0.0.6", "Running", 0, None),
+            pod("milvus-proxy-x", "", "Pending", 0, None),
+            pod("milvus-v6", "fd00::5", "Running", 0, None),
+        ];
+        assert_eq!(
+            pod_metrics_urls(&pods, None, None),
+            [
+                "http://10.0.0.6:9091/metrics",
+                "http://10.0.0.7:9091/metrics",
+                "http://[fd00::5]:9091/metrics"
+            ]
+        );
+        assert_eq!(
+            pod_metrics_urls(&pods[..1], Some(9100), Some("/m")),
+            ["http://10.0.0.7:9100/m"]
+        );
+    }
+
+    #[test]
+    fn an_oom_killed_query_node_is_a_restart_in_the_stage_it_happened() {
+        let before = [
+            pod("qn-0", "10.0.0.6", "Running", 1, Some("Error")),
+            pod("qn-1", "10.0.0.7", "Running", 0, None),
+        ];
+        let after = [
+            pod("qn-0", "10.0.0.6", "Running", 1, Some("Error")),
+            pod("qn-1", "10.0.0.7", "Running", 1, Some("OOMKilled")),
+        ];
+        let r = container_restarts(&before, &after, 14.0);
+        assert_eq!(
+            r,
+            [ContainerRestart {
+                pod: "qn-1".into(),
+                container: "querynode".into(),
+                second: 14.0,
+                restarts: 1,
+                reason: Some("OOMKilled".into()),
+                exit_code: Some(137),
+            }]
+        );
+        assert!(r[0].oom_killed());
+        assert_eq!(container_restarts(&after, &after, 16.0), []);
+        let per_stage =
+            restarts_per_stage(&r, &stage_windows(&[10.0, 10.0], &[1.0, 1.0], &[9.0, 9.0]));
+        assert_eq!(per_stage[0].len(), 0);
+        assert_eq!(per_stage[1].len(), 1);
     }
 
     #[test]

@@ -378,9 +378,11 @@ fn the_controller_runs_non_root_with_a_read_only_root_filesystem_and_no_privileg
 fn the_probes_ask_healthz_and_readyz_on_the_named_health_port() {
     let container = controller(&deployment(&helm_template(&[])));
     let ports = container.ports.clone().expect("container ports");
-    assert_eq!(ports.len(), 1);
+    assert_eq!(ports.len(), 2);
     assert_eq!(ports[0].name.as_deref(), Some("http-health"));
     assert_eq!(ports[0].container_port, 8080);
+    assert_eq!(ports[1].name.as_deref(), Some("http-dashboard"));
+    assert_eq!(ports[1].container_port, 8089);
     let probe_target = |probe: Option<k8s_openapi::api::core::v1::Probe>| {
         let get = probe.and_then(|p| p.http_get).expect("an httpGet probe");
         (
@@ -418,6 +420,7 @@ fn the_default_controller_watches_every_namespace_elects_a_leader_and_logs_json(
         ("STAMPEDE_IMAGE", "ghcr.io/stampede-dev/stampede:0.1.0"),
         ("STAMPEDE_WORKER_PORT", "7070"),
         ("STAMPEDE_HEALTH_ADDR", "0.0.0.0:8080"),
+        ("STAMPEDE_DASHBOARD_ADDR", "0.0.0.0:8089"),
         ("STAMPEDE_LEADER_ELECT", "true"),
         ("STAMPEDE_LEASE_NAME", "stampede"),
         ("STAMPEDE_LOG", "info"),
@@ -633,12 +636,29 @@ fn the_metrics_service_exposes_port_8080_and_the_service_monitor_scrapes_it_when
     let service: Service = parse_strict(only_object(&objects, "Service"));
     let spec = service.spec.expect("a service spec");
     let ports = spec.ports.expect("ports");
-    assert_eq!(ports.len(), 1);
+    assert_eq!(ports.len(), 2);
     assert_eq!(ports[0].name.as_deref(), Some("http-metrics"));
     assert_eq!(ports[0].port, 8080);
     assert_eq!(
         serde_json::to_value(&ports[0].target_port).expect("a port"),
         json!("http-health")
+    );
+    assert_eq!(ports[1].name.as_deref(), Some("dashboard"));
+    assert_eq!(ports[1].port, 8089);
+    assert_eq!(
+        serde_json::to_value(&ports[1].target_port).expect("a port"),
+        json!("http-dashboard")
+    );
+    // Off: no port, and the controller is told so.
+    let off = rendered_objects(&helm_template(&[("dashboard.enabled", "false")]));
+    let off_service: Service = parse_strict(only_object(&off, "Service"));
+    assert_eq!(
+        off_service.spec.and_then(|s| s.ports).map(|p| p.len()),
+        Some(1)
+    );
+    assert_eq!(
+        env(&controller(&parse_strict(only_object(&off, "Deployment"))))["STAMPEDE_DASHBOARD_ADDR"],
+        "off"
     );
     let deployment: Deployment = parse_strict(only_object(&objects, "Deployment"));
     let pod_labels = deployment

@@ -38,18 +38,23 @@ static MILVUS: Mutex<()> = Mutex::new(());
 struct Controller {
     child: Child,
     port: u16,
+    dashboard_port: u16,
 }
 
 impl Controller {
     /// Starts a controller that writes its log to `stderr`.
     fn start(server: &ApiServer, stderr: &Path, extra: &[&str]) -> Controller {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, dashboard_port) = (free_port(), free_port());
         let child = Command::new(STAMPEDE)
             .args(["controller", "--health-addr", &format!("127.0.0.1:{port}")])
+            .args(["--dashboard-addr", &format!("127.0.0.1:{dashboard_port}")])
             .args(extra)
             .env("KUBECONFIG", server.kubeconfig_with_token(CONTROLLER_TOKEN))
             .env("STAMPEDE_LOG", "info")
@@ -57,15 +62,41 @@ impl Controller {
             .stderr(std::fs::File::create(stderr).unwrap())
             .spawn()
             .unwrap();
-        Controller { child, port }
+        Controller {
+            child,
+            port,
+            dashboard_port,
+        }
     }
 
     /// GET a path of the health/metrics server (body only), waiting up to 10 s for the server.
     fn http_get(&self, path: &str) -> String {
+        self.http_get_on(self.port, path)
+    }
+
+    /// GET a path of the dashboard: (status line, body).
+    fn dashboard_get(&self, path: &str) -> (String, String) {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.dashboard_port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+
+    fn http_get_on(&self, port: u16, path: &str) -> String {
         use std::io::Write;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut s = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() > deadline => panic!("controller health server: {e}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -408,6 +439,29 @@ fn a_stresstest_applied_with_kubectl_runs_through_prepare_and_workers_and_ends_s
     ));
     assert_eq!(qps, totals["qps"].as_f64().unwrap(), "{metrics}");
     let status_writes = sample("stampede_status_writes_total ");
+
+    // The controller's dashboard serves the finished test from its report ConfigMap.
+    let controller = env.controller.as_ref().unwrap();
+    let (code, body) = controller.dashboard_get(&format!("/api/tests/default/{name}"));
+    assert!(code.contains("200"), "{code}\n{body}");
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail["phase"], "Succeeded", "{body}");
+    // The status rounds QPS to 0.1.
+    let qps_gap = detail["qps"].as_f64().unwrap() - totals["qps"].as_f64().unwrap();
+    assert!(qps_gap.abs() <= 0.05, "{body}");
+    assert_eq!(detail["stages"].as_array().map(Vec::len), Some(2), "{body}");
+    assert!(!detail["series"].as_array().unwrap().is_empty(), "{body}");
+    let (code, body) = controller.dashboard_get(&format!("/tests/default/{name}/result.json"));
+    assert!(code.contains("200"), "{code}");
+    let downloaded: RunResult = serde_json::from_str(&body).unwrap();
+    assert_eq!(downloaded.totals.requests, stage_requests);
+    let (code, list) = controller.dashboard_get("/api/tests");
+    assert!(
+        code.contains("200") && list.contains(name),
+        "{code}\n{list}"
+    );
+    let (code, _) = controller.dashboard_get("/api/tests/default/nope");
+    assert!(code.contains("404"), "{code}");
 
     let out = env.server.kubectl_ok(&["get", "st"]);
     let mut lines = out.lines();
@@ -929,4 +983,36 @@ fn drop_collection_drops_it_after_the_test_and_when_a_running_test_is_deleted_wi
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+#[test]
+fn an_unreachable_milvus_fails_the_test_after_the_prepare_jobs_retries_with_the_cause() {
+    let env = Env::start();
+    let name = "op-unreachable";
+    let body =
+        manifest(name, "t_op_unreachable", 1000, 3).replace(&common::milvus_addr(), "127.0.0.1:9");
+    env.apply(name, &body);
+    let st = env.wait_finished(name, Duration::from_secs(150));
+    let why = || env.diagnostics(&st);
+    assert_eq!(st["status"]["phase"], "Failed", "{}", why());
+    let prepared = condition(&st, "Prepared");
+    assert_eq!(prepared["status"], "False", "{}", why());
+    assert_eq!(prepared["reason"], "PrepareFailed", "{}", why());
+    let message = st["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("prepare Job failed"), "{message}");
+    // The Job retried (backoffLimit 2: three pods), and the pods say why.
+    let pods = env.server.list("", "pods");
+    assert_eq!(pods.len(), 3, "{}", why());
+    let log = env
+        .kubelet
+        .logs(pods[0]["metadata"]["name"].as_str().unwrap());
+    assert!(log.contains("127.0.0.1:9"), "{log}");
+    assert!(
+        events_of(&env.server, name)
+            .iter()
+            .any(|(r, _)| r == "PrepareFailed"),
+        "{:?}",
+        events_of(&env.server, name)
+    );
+    assert!(env.server.list("batch", "jobs").len() == 1, "no worker Job");
 }

@@ -1022,7 +1022,10 @@ spec:
     fn the_cleanup_job_drops_the_collection_of_the_plan_with_the_secret_from_env() {
         let st = classic();
         let job = cleanup_job(&st, IMAGE).unwrap();
-        assert_eq!(job.metadata.name.as_deref(), Some("classic-cleanup"));
+        assert_eq!(
+            job.metadata.name.as_deref(),
+            Some("milvus-capacity-cleanup")
+        );
         assert_eq!(
             job.metadata.labels.as_ref().unwrap()[LABEL_ROLE],
             "cleanup".to_string()

@@ -4,6 +4,7 @@
 
 pub mod builders;
 pub mod cleanup;
+pub mod dashboard;
 pub mod decide;
 pub mod leader;
 pub mod metrics;

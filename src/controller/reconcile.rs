@@ -55,6 +55,8 @@ pub struct ControllerOptions {
     pub namespace: Option<String>,
     /// Address of the /healthz, /readyz and /metrics server (None: no server).
     pub health_addr: Option<SocketAddr>,
+    /// Address of the read-only web dashboard (None: no dashboard).
+    pub dashboard_addr: Option<SocketAddr>,
     /// Leader election (None: this process leads alone).
     pub leader_election: Option<LeaderElection>,
     /// Node selector, tolerations and affinity of the prepare and worker pods.
@@ -87,6 +89,17 @@ pub enum ControllerError {
     /// A child object could not be built.
     #[error(transparent)]
     Build(#[from] builders::BuildError),
+    /// The dashboard could not listen.
+    #[error(
+        "cannot serve the dashboard on {addr}: {source} (is the port in use? see --dashboard-addr)"
+    )]
+    Dashboard {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another replica took the leader Lease, or it could not be renewed in time.
     #[error(
         "{0}; stopping so that only one controller drives tests (the Deployment restarts this one as a standby)"
@@ -180,6 +193,24 @@ pub async fn run_controller(
             .map_err(|source| ControllerError::Health { addr, source })?;
         tokio::spawn(serve_health(listener, ready.clone(), metrics.clone()));
     }
+    let mut context = Context::new(client.clone(), opts.image.clone(), opts.worker_port);
+    context.metrics = metrics.clone();
+    context.placement = opts.placement.clone();
+    let ctx = Arc::new(context);
+    if let Some(addr) = opts.dashboard_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControllerError::Dashboard { addr, source })?;
+        let source = Arc::new(crate::controller::dashboard::ClusterSource::new(
+            ctx.clone(),
+            opts.namespace.clone(),
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = crate::dashboard::serve(listener, source).await {
+                tracing::error!("the dashboard stopped: {e}");
+            }
+        });
+    }
     // A standby is ready (it serves probes and metrics); only the leader reconciles.
     ready.store(true, Ordering::Relaxed);
     let elector = opts.leader_election.as_ref().map(|le| {
@@ -215,10 +246,6 @@ pub async fn run_controller(
         opts.namespace.clone(),
         Arc::new(Timestamp::now),
     );
-    let mut context = Context::new(client, opts.image, opts.worker_port);
-    context.metrics = metrics;
-    context.placement = opts.placement;
-    let ctx = Arc::new(context);
     tracing::info!("stampede controller started");
     let controller = Controller::new(tests, watcher::Config::default())
         .owns(jobs, children.clone())
