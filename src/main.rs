@@ -52,7 +52,7 @@ enum Command {
     Run(RunArgs),
     /// Re-render report.html and the CSV files of a result directory from its result.json.
     Report(ReportArgs),
-    /// Check a StressTest manifest and print every problem found (exit 2 when invalid).
+    /// Check a StressTest or StressTestSchedule manifest and print every problem found (exit 2 when invalid).
     Validate(FileArgs),
     /// Print the CustomResourceDefinitions of StressTest and StressTestSchedule (generated from
     /// the Rust types) as two YAML documents separated by `---`; crds/ holds one file per CRD.

@@ -286,12 +286,23 @@ fn the_quickstart_validates_and_its_dry_run_prints_the_three_stages() {
 }
 
 #[test]
-fn crd_prints_the_stresstest_custom_resource_definition() {
+fn crd_prints_the_stresstest_and_schedule_custom_resource_definitions() {
     let o = stampede(&["crd"]);
     assert_exit(&o, 0);
     assert_eq!(stderr(&o), "");
-    let crd: serde_json::Value =
-        serde_yaml_ng::from_str(&stdout(&o)).expect("stampede crd prints valid YAML");
+    let text = stdout(&o);
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| {
+            <serde_json::Value as serde::Deserialize>::deserialize(d)
+                .expect("stampede crd prints valid YAML")
+        })
+        .collect();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        docs[1]["metadata"]["name"],
+        "stresstestschedules.stampede.dev"
+    );
+    let crd = docs[0].clone();
     assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
     assert_eq!(crd["kind"], "CustomResourceDefinition");
     assert_eq!(crd["metadata"]["name"], "stresstests.stampede.dev");
@@ -448,8 +459,8 @@ fn help_explains_the_commands() {
         "  prepare   Make a StressTest's collection ready: create or reuse it, insert the generated rows (resuming an interrupted run), flush, build the index, load it, compute ground truth",
         "  run       Run a whole StressTest on this machine: prepare (reusing data already there), the load stages, analysis and reports. Exit code 0 when the SLA passes (or none is set), 1 when it fails, 2 on error",
         "  report    Re-render report.html and the CSV files of a result directory from its result.json",
-        "  validate  Check a StressTest manifest and print every problem found (exit 2 when invalid)",
-        "  crd       Print the CustomResourceDefinitions (generated from the Rust types) as YAML",
+        "  validate  Check a StressTest or StressTestSchedule manifest and print every problem found (exit 2 when invalid)",
+        "  crd       Print the CustomResourceDefinitions of StressTest and StressTestSchedule (generated from the Rust types) as two YAML documents separated by `---`; crds/ holds one file per CRD",
         "  -v, --verbose...               More detail: -v shows the cause chain of errors and info logs, -vv debug logs",
     ] {
         assert!(

@@ -220,6 +220,13 @@ fn a_stage_that_saturates_the_machine_is_attributed_to_cpu() {
         "    waitTime: {min: 0ms, max: 0ms}",
         "    - {duration: 5s, users: 1, spawnRate: 10}\n    - {duration: 8s, users: 64, spawnRate: 200}",
     );
+    // Heavy searches (10 queries of top 100 at ef 512 per request): the server's work per
+    // request dwarfs the client's, so Milvus, not the load generator, runs out of CPU.
+    let text = std::fs::read_to_string(&m).unwrap().replace(
+        "search: {topK: 10, params: {ef: 64}}",
+        "search: {topK: 100, nq: 10, params: {ef: 512}}",
+    );
+    std::fs::write(&m, text).unwrap();
     let out = dir.path().join("out");
     let (code, r) = run_binary(&m, &out, Some(2));
     assert_eq!(code, Some(0));
@@ -279,13 +286,35 @@ fn a_stage_that_saturates_the_machine_is_attributed_to_cpu() {
         // The load generator's self-check fired too: the verdict says what Milvus did as well.
         assert!(b.evidence.contains("Milvus used "), "{}", b.evidence);
     }
-    // The first stage (one user) is nowhere near a limit.
-    assert_eq!(
-        r.bottlenecks[0].resource,
-        Resource::None,
-        "{}",
-        r.bottlenecks[0].evidence
-    );
+    // The first stage (one user) is nowhere near a limit, unless other work on this shared
+    // machine took the cores (then the verdict must say so).
+    let first = &r.server.stages[0];
+    let first_client: f64 = {
+        let c: Vec<f64> = r
+            .client_cpu
+            .iter()
+            .filter(|c| c.stage == 0)
+            .map(|c| c.cores_used)
+            .collect();
+        c.iter().sum::<f64>() / c.len().max(1) as f64
+    };
+    let first_others = first.host_busy_cores_mean.unwrap_or(0.0)
+        - first.cpu_cores_mean.unwrap_or(0.0)
+        - first_client;
+    if first_others < 0.5 {
+        assert_eq!(
+            r.bottlenecks[0].resource,
+            Resource::None,
+            "{}",
+            r.bottlenecks[0].evidence
+        );
+    } else {
+        assert!(
+            r.bottlenecks[0].evidence.contains("other processes"),
+            "{}",
+            r.bottlenecks[0].evidence
+        );
+    }
 }
 
 #[test]
