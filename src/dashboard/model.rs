@@ -156,6 +156,10 @@ pub struct TestDetail {
     /// Mean recall@k over the searches with ground truth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recall: Option<f64>,
+    /// What limited the server in each stage (when the run observed it), with evidence and,
+    /// on the saturation stage, recommendations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bottlenecks: Vec<crate::bottleneck::StageBottleneck>,
     /// Files to download.
     #[serde(default)]
     pub downloads: Vec<Download>,
@@ -198,6 +202,7 @@ impl TestDetail {
             sla: None,
             capacity: None,
             recall: None,
+            bottlenecks: Vec::new(),
             downloads: Vec::new(),
             spec: spec.map(redact_spec),
         }
@@ -240,6 +245,7 @@ impl TestDetail {
         d.sla = r.sla.clone();
         d.capacity = r.capacity.clone();
         d.recall = r.totals.recall;
+        d.bottlenecks = r.bottlenecks.clone();
         d
     }
 

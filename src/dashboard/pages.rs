@@ -326,6 +326,7 @@ pub fn test_sections(d: &TestDetail) -> String {
     verdict_section(&mut out, d);
     charts_section(&mut out, d);
     stages_section(&mut out, d);
+    bottlenecks_section(&mut out, d);
     operations_section(&mut out, d);
     failures_section(&mut out, d);
     downloads_section(&mut out, d);
@@ -679,6 +680,45 @@ fn stages_section(out: &mut String, d: &TestDetail) {
             ("in flight mean / max", true),
             ("recall", true),
             ("", false),
+        ],
+        &rows,
+    );
+    out.push_str("</section>");
+}
+
+fn bottlenecks_section(out: &mut String, d: &TestDetail) {
+    if d.bottlenecks.is_empty() {
+        return;
+    }
+    out.push_str("<section id=\"bottlenecks\"><h2>Bottlenecks</h2><p class=\"sub\">What limited the server in each stage, from Milvus's metrics and the load generator's self-check.</p>");
+    let rows: Vec<(Vec<String>, &str)> = d
+        .bottlenecks
+        .iter()
+        .map(|b| {
+            let advice = b
+                .recommendations
+                .iter()
+                .map(|r| escape(&r.text))
+                .collect::<Vec<_>>()
+                .join("<br>");
+            (
+                vec![
+                    (b.stage + 1).to_string(),
+                    escape(b.resource.as_str()),
+                    escape(&b.evidence),
+                    advice,
+                ],
+                "",
+            )
+        })
+        .collect();
+    table(
+        out,
+        &[
+            ("stage", true),
+            ("limited by", false),
+            ("evidence", false),
+            ("what to do", false),
         ],
         &rows,
     );
@@ -1124,6 +1164,41 @@ mod tests {
         assert_eq!(fmt_pct(0.00012), "0.012 %");
         assert_eq!(fmt_pct(0.0125), "1.25 %");
         assert_eq!(fmt_pct(0.5), "50.0 %");
+    }
+
+    #[test]
+    fn the_bottleneck_of_each_stage_is_shown_with_its_evidence_and_advice() {
+        use crate::bottleneck::{Recommendation, Resource, StageBottleneck};
+        let mut d = TestDetail::new("local", "t", Phase::Succeeded, None);
+        d.bottlenecks = vec![
+            StageBottleneck {
+                stage: 0,
+                resource: Resource::None,
+                evidence: "nothing near its limit".into(),
+                recommendations: Vec::new(),
+            },
+            StageBottleneck {
+                stage: 1,
+                resource: Resource::ServerCpu,
+                evidence: "Milvus used 1.9 of 2 cores <while> P95 rose 4×".into(),
+                recommendations: vec![Recommendation {
+                    rule: "cpu".into(),
+                    text: "add query nodes, or lower ef from 64".into(),
+                }],
+            },
+        ];
+        let html = test_sections(&d);
+        let section = &html[html
+            .find("id=\"bottlenecks\"")
+            .expect("a bottlenecks section")..];
+        assert!(section.contains("serverCpu"), "{section}");
+        assert!(
+            section.contains("1.9 of 2 cores &lt;while&gt;"),
+            "{section}"
+        );
+        assert!(section.contains("lower ef from 64"), "{section}");
+        let none = TestDetail::new("local", "t", Phase::Succeeded, None);
+        assert!(!test_sections(&none).contains("id=\"bottlenecks\""));
     }
 
     #[test]
