@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 
 use stampede::spec::{LoadModel, StressTest, parse_manifest};
 
+mod support;
+use support::schema::validate_object;
+
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -87,106 +90,6 @@ fn crd_schemas() -> Vec<(String, Value)> {
     schemas
 }
 
-/// Validates a whole object: apiVersion, kind and metadata belong to the API server; the rest
-/// follows the schema.
-fn schema_errors(schema: &Value, object: &Value) -> Vec<String> {
-    let mut errors = Vec::new();
-    let mut rest = object.as_object().cloned().unwrap_or_default();
-    for key in ["apiVersion", "kind", "metadata"] {
-        rest.remove(key);
-    }
-    if !object["metadata"]["name"].is_string() {
-        errors.push("metadata.name: required".to_string());
-    }
-    check(schema, &Value::Object(rest), "", &mut errors);
-    errors
-}
-
-/// The parts of the API server's structural-schema validation that examples can get wrong: type
-/// (with int-or-string and nullable), enum, minimum/maximum, required and unknown fields.
-/// Not checked: pattern, format, CEL rules (`stampede run --dry-run` checks those rules).
-fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
-    let at = |key: &str| {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    if value.is_null() {
-        if schema["nullable"] != true {
-            errors.push(format!("{path}: null is not allowed"));
-        }
-        return;
-    }
-    let integer = value.is_i64() || value.is_u64();
-    if schema["x-kubernetes-int-or-string"] == true {
-        if !(integer || value.is_string()) {
-            errors.push(format!(
-                "{path}: expected an integer or a string, found {value}"
-            ));
-        }
-        return;
-    }
-    let type_ok = match schema["type"].as_str() {
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("integer") => integer,
-        Some("number") => value.is_number(),
-        Some("boolean") => value.is_boolean(),
-        _ => true,
-    };
-    if !type_ok {
-        errors.push(format!(
-            "{path}: expected {}, found {value}",
-            schema["type"]
-        ));
-        return;
-    }
-    if let Some(allowed) = schema["enum"].as_array()
-        && !allowed.contains(value)
-    {
-        errors.push(format!("{path}: {value} is not one of {}", schema["enum"]));
-    }
-    if let (Some(x), Some(min)) = (value.as_f64(), schema["minimum"].as_f64())
-        && x < min
-    {
-        errors.push(format!("{path}: {value} is below the minimum {min}"));
-    }
-    if let (Some(x), Some(max)) = (value.as_f64(), schema["maximum"].as_f64())
-        && x > max
-    {
-        errors.push(format!("{path}: {value} is above the maximum {max}"));
-    }
-    match value {
-        Value::Object(map) => {
-            for name in schema["required"].as_array().into_iter().flatten() {
-                if !map.contains_key(name.as_str().unwrap_or_default()) {
-                    errors.push(format!("{path}: missing required field {name}"));
-                }
-            }
-            for (key, child) in map {
-                if let Some(prop) = schema["properties"].get(key) {
-                    check(prop, child, &at(key), errors);
-                } else if schema["additionalProperties"].is_object() {
-                    check(&schema["additionalProperties"], child, &at(key), errors);
-                } else if schema["additionalProperties"] != true
-                    && schema["x-kubernetes-preserve-unknown-fields"] != true
-                {
-                    errors.push(format!("{}: unknown field", at(key)));
-                }
-            }
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                check(&schema["items"], item, &format!("{path}[{i}]"), errors);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Parses a Secret strictly: an unknown field or a wrong type fails.
 fn strict_secret(value: &Value) -> Secret {
     let mut unknown = Vec::new();
@@ -225,7 +128,7 @@ fn every_example_document_fits_the_generated_crd_schema_of_its_kind() {
                 panic!("{name} document {i}: no CRD in crds/ for kind {kind:?}")
             });
             assert_eq!(
-                schema_errors(schema, doc),
+                validate_object(schema, doc),
                 Vec::<String>::new(),
                 "{name} document {i} ({kind})"
             );
@@ -259,10 +162,10 @@ fn the_schema_check_rejects_an_unknown_field_a_wrong_type_and_a_bad_enum() {
     doc["spec"]["data"]["rows"] = json!("a million");
     doc["spec"]["workload"]["model"] = json!("Closd");
     assert_eq!(
-        schema_errors(&schema, &doc),
+        validate_object(&schema, &doc),
         [
             "spec.collection.dimensions: unknown field",
-            "spec.data.rows: expected \"integer\", found \"a million\"",
+            "spec.data.rows: expected integer, found \"a million\"",
             "spec.workload.model: \"Closd\" is not one of [\"Closed\",\"Open\"]",
         ]
     );

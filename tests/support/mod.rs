@@ -18,3 +18,4 @@
 pub mod apiserver;
 pub mod chart;
 pub mod kubelet;
+pub mod schema;
