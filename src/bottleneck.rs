@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::observe::StageServer;
+use crate::observe::{ContainerRestart, StageServer};
 use crate::spec::{BottleneckStatus, StressTestSpec};
 
 /// What limited a stage.
@@ -171,6 +171,8 @@ pub struct StageFacts {
     pub memory_limit_bytes: Option<f64>,
     /// Whether the load generator shares the server's host (its CPU then competes).
     pub shares_host: bool,
+    /// Milvus containers that restarted or were OOM-killed during the stage (cluster only).
+    pub restarts: Vec<ContainerRestart>,
 }
 
 /// Index and search settings the recommendations name.
@@ -375,9 +377,59 @@ fn queue_words(f: &StageFacts) -> String {
     }
 }
 
+/// The restarts of a stage in words: `Milvus pod milvus-0 restarted (OOMKilled) during this
+/// stage`, one sentence per container, joined by `; `.
+pub fn restart_words(restarts: &[ContainerRestart]) -> String {
+    restarts
+        .iter()
+        .map(|r| {
+            let times = if r.restarts > 1 {
+                format!(" {} times", r.restarts)
+            } else {
+                String::new()
+            };
+            let why = match (&r.reason, r.exit_code) {
+                (Some(reason), _) => format!(" ({reason})"),
+                (None, Some(code)) => format!(" (exit code {code})"),
+                (None, None) => String::new(),
+            };
+            format!(
+                "Milvus pod {} restarted{times}{why} during this stage",
+                r.pod
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The limiting resource of a stage with its evidence (no recommendations). Order: errors, then
-/// memory, then the load generator, then server CPU, then network; otherwise none.
+/// memory, then the load generator, then server CPU, then network; otherwise none. A Milvus
+/// container restart during the stage is added to the evidence; an OOM kill makes memory the
+/// limit unless errors or the load generator already explain the stage.
 pub fn stage_verdict(f: &StageFacts, t: &Thresholds) -> StageBottleneck {
+    let mut v = measured_verdict(f, t);
+    if f.restarts.is_empty() {
+        return v;
+    }
+    let words = restart_words(&f.restarts);
+    let oom = f.restarts.iter().any(ContainerRestart::oom_killed);
+    if oom && !matches!(v.resource, Resource::Errors | Resource::Client) {
+        if v.resource != Resource::ServerMemory {
+            // "nothing near its limit" no longer holds: keep only the figures.
+            let prefix = format!("nothing near its limit at {}: ", f.load);
+            let figures = v.evidence.strip_prefix(&prefix).unwrap_or(&v.evidence);
+            v.evidence = format!("{words} at {}; {figures}", f.load);
+            v.resource = Resource::ServerMemory;
+        } else {
+            v.evidence = format!("{}; {words}", v.evidence);
+        }
+    } else {
+        v.evidence = format!("{}; {words}", v.evidence);
+    }
+    v
+}
+
+fn measured_verdict(f: &StageFacts, t: &Thresholds) -> StageBottleneck {
     let verdict = |resource, evidence: String| StageBottleneck {
         stage: f.stage,
         resource,
@@ -578,6 +630,32 @@ pub fn memory_rule(f: &StageFacts, t: &Tuning, th: &Thresholds) -> Option<Recomm
     ))
 }
 
+/// Rule: a Milvus container was OOM-killed during the stage → more memory for it, a quantised
+/// index, partitions.
+pub fn oom_rule(f: &StageFacts, t: &Tuning) -> Option<Recommendation> {
+    let killed: Vec<&str> = f
+        .restarts
+        .iter()
+        .filter(|r| r.oom_killed())
+        .map(|r| r.pod.as_str())
+        .collect();
+    if killed.is_empty() {
+        return None;
+    }
+    Some(recommendation(
+        "oom",
+        format!(
+            "Milvus pod{} {} {} OOM-killed at {}: raise {} memory limit, use a quantised index (IVF_SQ8 instead of {}), or split the data into partitions and load only those searched",
+            if killed.len() > 1 { "s" } else { "" },
+            killed.join(", "),
+            if killed.len() > 1 { "were" } else { "was" },
+            f.load,
+            if killed.len() > 1 { "their" } else { "its" },
+            t.index_type
+        ),
+    ))
+}
+
 /// Rule: recall below the SLA's `recallAtLeast` → raise the search parameter.
 pub fn recall_rule(f: &StageFacts, t: &Tuning) -> Option<Recommendation> {
     let recall = f.recall?;
@@ -651,6 +729,7 @@ pub fn recommendations(f: &StageFacts, t: &Tuning, th: &Thresholds) -> Vec<Recom
         client_rule(f),
         timeout_rule(f, t, th),
         memory_rule(f, t, th),
+        oom_rule(f, t),
         cpu_rule(f, t, th),
         recall_rule(f, t),
     ]
@@ -908,6 +987,78 @@ mod tests {
         );
         f.failures_by_kind = vec![("grpc:UNAVAILABLE".into(), 90)];
         assert_eq!(timeout_rule(&f, &hnsw(None), &Thresholds::default()), None);
+    }
+
+    fn restart(pod: &str, reason: Option<&str>, exit_code: Option<i32>) -> ContainerRestart {
+        ContainerRestart {
+            pod: pod.into(),
+            container: "milvus".into(),
+            second: 14.0,
+            restarts: 1,
+            reason: reason.map(str::to_string),
+            exit_code,
+        }
+    }
+
+    #[test]
+    fn a_pod_oom_killed_during_a_stage_makes_memory_its_limit_and_shows_in_the_evidence() {
+        let quiet = facts(0.5, GIB, 3.0);
+        let before = stage_verdict(&quiet, &Thresholds::default());
+        assert_eq!(before.resource, Resource::None);
+        let mut f = quiet.clone();
+        f.restarts = vec![restart("milvus-0", Some("OOMKilled"), Some(137))];
+        let v = stage_verdict(&f, &Thresholds::default());
+        assert_eq!(v.resource, Resource::ServerMemory);
+        assert_eq!(
+            v.evidence,
+            "Milvus pod milvus-0 restarted (OOMKilled) during this stage at 200 users; Milvus used 0.50 of 2.00 cores (25 %), peak memory 1.0 GiB of 8.0 GiB (12 %); query node queue wait 4.0 ms"
+        );
+        assert!(before.evidence.starts_with("nothing near its limit"));
+        let r = oom_rule(&f, &hnsw(Some("64"))).unwrap();
+        assert_eq!(
+            r.text,
+            "Milvus pod milvus-0 was OOM-killed at 200 users: raise its memory limit, use a quantised index (IVF_SQ8 instead of HNSW), or split the data into partitions and load only those searched"
+        );
+        assert!(
+            recommendations(&f, &hnsw(Some("64")), &Thresholds::default())
+                .iter()
+                .any(|r| r.rule == "oom")
+        );
+        assert_eq!(oom_rule(&quiet, &hnsw(None)), None);
+    }
+
+    #[test]
+    fn any_other_restart_is_added_to_the_evidence_without_changing_the_verdict() {
+        let mut f = facts(0.5, GIB, 3.0);
+        f.restarts = vec![
+            restart("milvus-querynode-1", Some("Error"), Some(2)),
+            ContainerRestart {
+                restarts: 3,
+                ..restart("milvus-proxy-0", None, Some(1))
+            },
+        ];
+        let v = stage_verdict(&f, &Thresholds::default());
+        assert_eq!(v.resource, Resource::None);
+        assert!(
+            v.evidence.ends_with(
+                "; Milvus pod milvus-querynode-1 restarted (Error) during this stage; Milvus pod milvus-proxy-0 restarted 3 times (exit code 1) during this stage"
+            ),
+            "{}",
+            v.evidence
+        );
+        assert_eq!(oom_rule(&f, &hnsw(None)), None);
+        // Failures stay the verdict when the stage had them; the OOM kill is their context.
+        f.restarts = vec![restart("milvus-0", Some("OOMKilled"), None)];
+        f.failures = 100;
+        f.error_ratio = 0.1;
+        let v = stage_verdict(&f, &Thresholds::default());
+        assert_eq!(v.resource, Resource::Errors);
+        assert!(
+            v.evidence
+                .ends_with("; Milvus pod milvus-0 restarted (OOMKilled) during this stage"),
+            "{}",
+            v.evidence
+        );
     }
 
     #[test]

@@ -637,6 +637,9 @@ pub struct StageServer {
     /// Mean cores busy on the server's host (all processes), when it is this machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_busy_cores_mean: Option<f64>,
+    /// Milvus containers that restarted (or were OOM-killed) during the stage (cluster only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<ContainerRestart>,
 }
 
 /// Everything observed about the server during a run (result.json `server`).
@@ -668,6 +671,10 @@ pub struct ServerObservation {
     pub shares_host_with_client: bool,
     /// The time series, one point per scrape.
     pub series: Vec<ServerSample>,
+    /// Restarts and OOM kills of the Milvus containers seen during the test (cluster only:
+    /// from the container statuses of the pods found by `spec.target.metrics.selector`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<ContainerRestart>,
     /// Per stage, steady state.
     pub stages: Vec<StageServer>,
 }
@@ -1107,12 +1114,47 @@ fn since(t0: Instant, now: Instant) -> f64 {
     }
 }
 
+/// How long one scrape may take with this interval: 80 % of it, at most 5 s.
+pub fn scrape_timeout(interval: Duration) -> Duration {
+    interval.mul_f64(0.8).min(MAX_SCRAPE_TIMEOUT)
+}
+
+/// Scrapes one endpoint and reads its signals; `second` is the time stamp to give the reading.
+pub async fn scrape_endpoint(
+    url: &str,
+    second: f64,
+    timeout: Duration,
+) -> Result<TimedReading, String> {
+    let text = http_get(url, timeout).await?;
+    let e = parse_exposition(&text);
+    if e.samples.is_empty() {
+        return Err(match e.first_error {
+            Some(err) => format!("no metrics in the response ({err})"),
+            None => "the response holds no metrics".to_string(),
+        });
+    }
+    Ok(TimedReading {
+        endpoint: url.to_string(),
+        second,
+        reading: read_signals(&e),
+    })
+}
+
+/// Scrapes every endpoint at once (one result per URL, in order).
+pub async fn scrape_all(
+    urls: &[String],
+    second: f64,
+    timeout: Duration,
+) -> Vec<Result<TimedReading, String>> {
+    futures::future::join_all(urls.iter().map(|u| scrape_endpoint(u, second, timeout))).await
+}
+
 async fn scrape_loop(
     plan: ObservePlan,
     t0: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> ServerObservation {
-    let timeout = plan.interval.mul_f64(0.8).min(MAX_SCRAPE_TIMEOUT);
+    let timeout = scrape_timeout(plan.interval);
     let mut previous: Vec<Option<TimedReading>> = vec![None; plan.urls.len()];
     let mut series = Vec::new();
     let mut signals: Vec<String> = Vec::new();
@@ -1138,29 +1180,8 @@ async fn scrape_loop(
         }
         let now = Instant::now();
         let second = since(t0, now);
-        let fetches = plan.urls.iter().map(|u| http_get(u, timeout));
-        let bodies = futures::future::join_all(fetches).await;
+        let current = scrape_all(&plan.urls, second, timeout).await;
         let host = if local { host_cpu_seconds() } else { None };
-        let current: Vec<Result<TimedReading, String>> = bodies
-            .into_iter()
-            .zip(&plan.urls)
-            .map(|(b, url)| {
-                b.and_then(|text| {
-                    let e = parse_exposition(&text);
-                    if e.samples.is_empty() {
-                        return Err(match e.first_error {
-                            Some(err) => format!("no metrics in the response ({err})"),
-                            None => "the response holds no metrics".to_string(),
-                        });
-                    }
-                    Ok(TimedReading {
-                        endpoint: url.clone(),
-                        second,
-                        reading: read_signals(&e),
-                    })
-                })
-            })
-            .collect();
         let mut point = series_point(second, &previous, &current);
         if let (Some((t_prev, busy_prev)), Some((busy, total))) = (last_host, host) {
             let dt = second - t_prev;
@@ -1222,6 +1243,7 @@ async fn scrape_loop(
         memory_limit_bytes: memory,
         shares_host_with_client: shares_host,
         series,
+        restarts: Vec::new(),
         stages: Vec::new(),
     }
 }

@@ -367,6 +367,12 @@ pub fn attach_server(result: &mut RunResult, mut server: ServerObservation) {
     let windows = observe::stage_windows(&durations, &ramps, &steady);
     let ran = result.stages.len().min(windows.len());
     server.stages = observe::aggregate_stages(&server.series, &windows[..ran]);
+    for (stage, restarts) in server.stages.iter_mut().zip(observe::restarts_per_stage(
+        &server.restarts,
+        &windows[..ran],
+    )) {
+        stage.restarts = restarts;
+    }
     if !server.observed {
         let reason = server.reason.clone();
         for s in &mut server.stages {
@@ -435,6 +441,7 @@ pub fn stage_bottlenecks(r: &RunResult) -> Vec<StageBottleneck> {
                 cores_available: r.server.cores_available,
                 memory_limit_bytes: r.server.memory_limit_bytes,
                 shares_host: r.server.shares_host_with_client,
+                restarts: stage_server.map(|x| x.restarts.clone()).unwrap_or_default(),
             }
         })
         .collect();

@@ -25,6 +25,7 @@ use support::apiserver::ApiServer;
 use support::kubelet::Kubelet;
 
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stresstest.yaml");
+const SCHEDULE_CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stresstestschedule.yaml");
 const STAMPEDE: &str = env!("CARGO_BIN_EXE_stampede");
 
 /// The bearer token the controllers send, to tell their requests apart.
@@ -965,24 +966,9 @@ fn drop_collection_drops_it_after_the_test_and_when_a_running_test_is_deleted_wi
 
     // Every request the controller made (create, run, finish, clean up, delete, lead) is
     // allowed by the RBAC rules the Helm chart renders.
-    let rules = support::chart::cluster_rules(&support::chart::helm_template(&[]));
-    let mut made: Vec<_> = env.server.requests_of(CONTROLLER_TOKEN);
-    made.sort();
-    made.dedup_by(|a, b| a.verb == b.verb && a.group == b.group && a.resource == b.resource);
+    let made = assert_within_chart_rbac(&env);
     assert!(made.len() > 10, "{made:?}");
-    let denied: Vec<String> = made
-        .iter()
-        .filter(|r| !support::chart::allows(&rules, &r.group, &r.resource, &r.verb))
-        .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
-        .collect();
-    assert!(denied.is_empty(), "not granted by the chart: {denied:?}");
-    println!(
-        "controller requests: {}",
-        made.iter()
-            .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    println!("controller requests: {}", made.join(", "));
 }
 
 #[test]
@@ -1015,4 +1001,255 @@ fn an_unreachable_milvus_fails_the_test_after_the_prepare_jobs_retries_with_the_
         events_of(&env.server, name)
     );
     assert!(env.server.list("batch", "jobs").len() == 1, "no worker Job");
+}
+
+/// Patches the status of pod `name` in `default` (merge patch through the status subresource).
+fn patch_pod_status(env: &Env, name: &str, status: &Value) {
+    env.server.kubectl_ok(&[
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+}
+
+#[test]
+fn the_controller_scrapes_the_milvus_pods_found_by_the_selector_and_records_an_oom_kill_in_its_stage()
+ {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e_observe";
+    let name = "op-observe";
+    let milvus_pod = "milvus-standalone-0";
+    drop_collection(collection);
+    let env = Env::start();
+    // A Milvus pod that no Job owns (the kubelet stand-in leaves it alone): its IP is this
+    // machine, where the local Milvus serves its metrics on 9091.
+    let status = |restarts: i32, last_state: Value| {
+        serde_json::json!({"status": {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "containerStatuses": [{
+                "name": "milvus", "image": "milvusdb/milvus:v2.3.5", "imageID": "", "ready": true,
+                "restartCount": restarts, "state": {"running": {}}, "lastState": last_state,
+            }],
+        }})
+    };
+    env.apply(
+        milvus_pod,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {milvus_pod}
+  labels: {{app.kubernetes.io/name: milvus}}
+spec:
+  containers:
+    - name: milvus
+      image: milvusdb/milvus:v2.3.5
+      resources: {{limits: {{cpu: "4", memory: 16Gi}}}}
+"#
+        ),
+    );
+    patch_pod_status(&env, milvus_pod, &status(0, serde_json::json!({})));
+    let target = format!("target: {{address: \"{}\"}}", common::milvus_addr());
+    let base = manifest(name, collection, 1000, 6);
+    assert!(base.contains(&target));
+    let body = base
+        .replace(
+            &target,
+            &format!(
+                "target: {{address: \"{}\", metrics: {{selector: app.kubernetes.io/name=milvus, interval: 1s}}}}",
+                common::milvus_addr()
+            ),
+        )
+        .replace(
+            "    - {duration: 6s, users: 4, spawnRate: 10}\n",
+            "    - {duration: 6s, users: 4, spawnRate: 10}\n    - {duration: 6s, users: 6, spawnRate: 10}\n",
+        );
+    env.apply(name, &body);
+    let start = wait_started(&env, name);
+    // In the middle of the second stage (6–12 s after the start): the container was OOM-killed
+    // and restarted.
+    let kill_at = start + 8_500;
+    let wait = kill_at - unix_ms_now();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let last = serde_json::json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}});
+    patch_pod_status(&env, milvus_pod, &status(1, last));
+    let patched_after = (unix_ms_now() - start) as f64 / 1000.0;
+
+    let st = env.wait_finished(name, Duration::from_secs(120));
+    let why = || env.diagnostics(&st);
+    assert_eq!(st["status"]["phase"], "Succeeded", "{}", why());
+    let stages = st["status"]["stages"].as_array().expect("status.stages");
+    assert_eq!(stages.len(), 3, "{}", why());
+    let bottleneck = |i: usize| -> (&str, &str) {
+        let b = &stages[i]["bottleneck"];
+        (
+            b["resource"]
+                .as_str()
+                .unwrap_or_else(|| panic!("stage {i}: no bottleneck\n{}", why())),
+            b["evidence"].as_str().unwrap_or_default(),
+        )
+    };
+    let (first, first_evidence) = bottleneck(0);
+    assert_ne!(first, "notObserved", "{first_evidence}\n{}", why());
+    assert!(
+        first_evidence.contains("Milvus used"),
+        "{first_evidence}\n{}",
+        why()
+    );
+    let restart = format!("Milvus pod {milvus_pod} restarted (OOMKilled) during this stage");
+    assert!(!first_evidence.contains("restarted"), "{first_evidence}");
+    let (second, second_evidence) = bottleneck(1);
+    assert!(
+        second_evidence.contains(&restart),
+        "{second}: {second_evidence}\n{}",
+        why()
+    );
+    assert_eq!(second, "serverMemory", "{second_evidence}");
+    let (third, third_evidence) = bottleneck(2);
+    assert!(!third_evidence.contains("restarted"), "{third_evidence}");
+
+    let result = env.report(name, &st);
+    let server = &result.server;
+    assert!(server.enabled && server.observed, "{:?}", server.reason);
+    assert_eq!(server.endpoints, ["http://127.0.0.1:9091/metrics"]);
+    // The pod's limits are what Milvus may use.
+    assert_eq!(server.cores_available, Some(4.0));
+    assert_eq!(
+        server.memory_limit_bytes,
+        Some(16.0 * 1024.0 * 1024.0 * 1024.0)
+    );
+    assert_eq!(server.restarts.len(), 1, "{:?}", server.restarts);
+    assert!(server.restarts[0].oom_killed());
+    assert_eq!(server.stages.len(), 3);
+    assert!(server.stages[0].restarts.is_empty());
+    assert_eq!(server.stages[1].restarts.len(), 1);
+    assert!(server.stages[2].restarts.is_empty());
+    let cpu: Vec<f64> = server
+        .stages
+        .iter()
+        .filter_map(|s| s.cpu_cores_mean)
+        .collect();
+    assert!(cpu.iter().any(|c| *c > 0.0), "{:?}", server.stages);
+    let rss: Vec<f64> = server
+        .stages
+        .iter()
+        .filter_map(|s| s.resident_bytes_peak)
+        .collect();
+    assert!(rss.iter().all(|r| *r > 50e6), "{rss:?}");
+    println!(
+        "pod status patched {patched_after:.1} s after the start, restart seen at {:.1} s; CPU cores per stage {cpu:?}, peak RSS MiB {:?}; bottlenecks: {first}: {first_evidence} | {second}: {second_evidence} | {third}: {third_evidence}",
+        server.restarts[0].second,
+        rss.iter()
+            .map(|r| (r / 1048576.0).round())
+            .collect::<Vec<_>>()
+    );
+    drop(env);
+    drop_collection(collection);
+}
+
+/// Every request the controller made in this environment is granted by the RBAC rules the Helm
+/// chart renders.
+fn assert_within_chart_rbac(env: &Env) -> Vec<String> {
+    let rules = support::chart::cluster_rules(&support::chart::helm_template(&[]));
+    let mut made: Vec<_> = env.server.requests_of(CONTROLLER_TOKEN);
+    made.sort();
+    made.dedup_by(|a, b| a.verb == b.verb && a.group == b.group && a.resource == b.resource);
+    let denied: Vec<String> = made
+        .iter()
+        .filter(|r| !support::chart::allows(&rules, &r.group, &r.resource, &r.verb))
+        .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
+        .collect();
+    assert!(denied.is_empty(), "not granted by the chart: {denied:?}");
+    made.iter()
+        .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
+        .collect()
+}
+
+#[test]
+fn a_schedule_in_the_controller_starts_a_run_that_is_driven_to_the_end_and_judged() {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e_schedule";
+    let name = "op-sched";
+    drop_collection(collection);
+    let env = Env::start();
+    env.server.kubectl_ok(&["apply", "-f", SCHEDULE_CRD]);
+    let test = manifest("unused", collection, 1000, 3);
+    let spec = test.split_once("\nspec:\n").unwrap().1;
+    let body = format!(
+        "apiVersion: stampede.dev/v1alpha1\nkind: StressTestSchedule\nmetadata:\n  name: {name}\nspec:\n  schedule: \"* * * * *\"\n  regression: {{maxQpsDropPercent: 50}}\n  template:\n    spec:\n{}",
+        spec.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    env.apply(name, &body);
+
+    // The next minute starts a run: an ordinary StressTest owned by the schedule.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let run = loop {
+        let runs: Vec<Value> = env
+            .server
+            .list("stampede.dev", "stresstests")
+            .into_iter()
+            .filter(|t| t["metadata"]["labels"]["stampede.dev/schedule"] == name)
+            .collect();
+        if let Some(r) = runs.first() {
+            break r["metadata"]["name"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no run of {name} in 90 s");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(run.starts_with("op-sched-"), "{run}");
+    let st = env.wait_finished(&run, Duration::from_secs(150));
+    assert_eq!(
+        st["status"]["phase"],
+        "Succeeded",
+        "{}",
+        env.diagnostics(&st)
+    );
+    let owner = &st["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "StressTestSchedule");
+    assert_eq!(owner["name"], name);
+
+    // The schedule judged the finished run: the first successful one has no baseline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let schedule = loop {
+        let s = env
+            .server
+            .get("stampede.dev", "stresstestschedules", "default", name)
+            .unwrap();
+        if s["status"]["lastRun"]["verdict"].is_string() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no verdict: {:#}", s["status"]);
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(schedule["status"]["lastRun"]["name"], run.as_str());
+    assert_eq!(schedule["status"]["lastRun"]["verdict"], "NoBaseline");
+    assert_eq!(
+        schedule["status"]["lastSuccessfulRun"]["name"],
+        run.as_str()
+    );
+    let judged = env.get_st(&run);
+    assert_eq!(
+        judged["status"]["regression"]["verdict"], "NoBaseline",
+        "{:#}",
+        judged["status"]
+    );
+    let requests = assert_within_chart_rbac(&env);
+    assert!(
+        requests.iter().any(|r| r.contains("stresstestschedules")),
+        "{requests:?}"
+    );
+    // No more runs.
+    env.server
+        .kubectl_ok(&["delete", "sts", name, "--wait=false"]);
+    drop(env);
+    drop_collection(collection);
 }

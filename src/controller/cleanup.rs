@@ -165,6 +165,7 @@ mod tests {
             cleanup_job: None,
             shards: BTreeMap::new(),
             last_progress_unix_ms: None,
+            server: None,
         }
     }
 

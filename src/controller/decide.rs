@@ -181,6 +181,9 @@ pub struct Observed {
     pub shards: BTreeMap<u32, ShardObserved>,
     /// When progress was last written to status by this controller process (ms since epoch).
     pub last_progress_unix_ms: Option<i64>,
+    /// What the controller's scraper saw of the Milvus pods (`spec.target.metrics.selector`)
+    /// during the run, read when the test is analysed; None when nothing was observed.
+    pub server: Option<crate::observe::ServerObservation>,
 }
 
 /// Kubernetes Event type.
@@ -964,7 +967,7 @@ fn finish(
                 .join(", ")
         )
     });
-    let result = build_result(
+    let mut result = build_result(
         spec,
         RunContext {
             name: name.clone(),
@@ -979,6 +982,9 @@ fn finish(
         },
         merge_snapshots(&snaps),
     );
+    if let Some(server) = &observed.server {
+        crate::result::attach_server(&mut result, server.clone());
+    }
     let report_name = report_configmap_name(&name);
     let report = report_configmap(st, &report_name, &result);
     let ctx = StatusContext {
@@ -1102,6 +1108,7 @@ spec:
             cleanup_job: None,
             shards: BTreeMap::new(),
             last_progress_unix_ms: None,
+            server: None,
         }
     }
 
@@ -1510,6 +1517,73 @@ spec:
         assert_eq!(
             cond(&d.status, conditions::SLA_MET).reason,
             reasons::SLA_PASSED
+        );
+    }
+
+    #[test]
+    fn the_server_observation_of_the_cluster_goes_into_the_bottlenecks_and_the_report() {
+        use crate::observe::{ContainerRestart, ServerObservation, ServerSample};
+        let start = unix_ms(t0());
+        let run = Some(start);
+        let mut o = running_observed(
+            start,
+            [
+                answered(WorkerState::Finished, false, run),
+                answered(WorkerState::Finished, false, run),
+            ],
+            [Some(snapshot(0, 2, 5000)), Some(snapshot(1, 2, 5000))],
+        );
+        analyzing(&mut o);
+        let without = decide(&o, at(125));
+        assert!(
+            without
+                .status
+                .stages
+                .iter()
+                .all(|s| s.bottleneck.as_ref().unwrap().resource == "notObserved")
+        );
+        // Scrapes every 2 s over both 60 s stages; an OOM kill seen 70 s after the start.
+        let series = (0..=60)
+            .map(|k| ServerSample {
+                second: f64::from(k) * 2.0,
+                interval: if k == 0 { 0.0 } else { 2.0 },
+                cpu_cores: (k > 0).then_some(0.5),
+                resident_bytes: Some(300e6),
+                endpoints_observed: 1,
+                ..ServerSample::default()
+            })
+            .collect();
+        o.server = Some(ServerObservation {
+            enabled: true,
+            observed: true,
+            endpoints: vec!["http://10.0.0.6:9091/metrics".into()],
+            interval_seconds: 2.0,
+            series,
+            restarts: vec![ContainerRestart {
+                pod: "milvus-0".into(),
+                container: "milvus".into(),
+                second: 70.0,
+                restarts: 1,
+                reason: Some("OOMKilled".into()),
+                exit_code: Some(137),
+            }],
+            ..ServerObservation::default()
+        });
+        let d = decide(&o, at(125));
+        assert_eq!(d.status.phase, Some(Phase::Succeeded));
+        let b: Vec<_> = d
+            .status
+            .stages
+            .iter()
+            .map(|s| s.bottleneck.clone().unwrap())
+            .collect();
+        assert_eq!(b[0].resource, "none", "{b:?}");
+        assert!(!b[0].evidence.contains("restarted"), "{b:?}");
+        assert_eq!(b[1].resource, "serverMemory", "{b:?}");
+        assert!(
+            b[1].evidence
+                .starts_with("Milvus pod milvus-0 restarted (OOMKilled) during this stage at 500 users; Milvus used 0.50 cores"),
+            "{b:?}"
         );
     }
 

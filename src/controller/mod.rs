@@ -8,5 +8,6 @@ pub mod dashboard;
 pub mod decide;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
 pub mod reconcile;
 pub mod status;

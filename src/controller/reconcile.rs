@@ -29,6 +29,7 @@ use crate::controller::decide::{
 };
 use crate::controller::leader;
 use crate::controller::metrics::{self, Metrics};
+use crate::controller::observe::{ClusterObserver, cluster_plan, lost_observation};
 use crate::metrics::Snapshot;
 use crate::spec::{Phase, StressTest, StressTestSpec};
 
@@ -145,6 +146,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Node selector, tolerations and affinity of the prepare and worker pods.
     pub placement: builders::Placement,
+    /// The scraper of the Milvus pods per test UID (`spec.target.metrics.selector`), from the
+    /// start of the stages to the end of the test.
+    pub observers: Mutex<HashMap<String, ClusterObserver>>,
 }
 
 /// In-memory state that a restart may lose without losing anything the cluster does not hold.
@@ -176,6 +180,7 @@ impl Context {
             failures: std::sync::Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
             placement: builders::Placement::default(),
+            observers: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -438,6 +443,42 @@ async fn forget(ctx: &Context, uid: &str) {
     let mut cache = ctx.cache.lock().await;
     cache.snapshots.retain(|(u, _), _| u != uid);
     cache.progress.remove(uid);
+    drop(cache);
+    if let Some(observer) = ctx.observers.lock().await.remove(uid) {
+        observer.stop();
+    }
+}
+
+/// Starts the scraper of the Milvus pods when the stages start, and hands what it saw to the
+/// analysis (None when `spec.target.metrics.selector` is not set or the test is not analysed).
+async fn server_observation(
+    ctx: &Context,
+    observed: &Observed,
+    ns: &str,
+    uid: &str,
+) -> Option<crate::observe::ServerObservation> {
+    let phase = observed.test.status.as_ref().and_then(|s| s.phase)?;
+    let spec = observed.plan.as_ref().unwrap_or(&observed.test.spec);
+    let plan = cluster_plan(spec.target.metrics.as_ref())?;
+    let start = decide::start_unix_ms(observed)?;
+    let mut observers = ctx.observers.lock().await;
+    match phase {
+        Phase::Running => {
+            if observers.get(uid).is_none_or(|o| o.start_unix_ms != start) {
+                tracing::info!(test = %observed.test.name_any(), selector = %plan.selector, "observing the Milvus pods");
+                observers.insert(
+                    uid.to_string(),
+                    ClusterObserver::start(ctx.client.clone(), ns, plan, start),
+                );
+            }
+            None
+        }
+        Phase::Analyzing => Some(match observers.get(uid) {
+            Some(o) if o.start_unix_ms == start => o.snapshot(),
+            _ => lost_observation(&plan),
+        }),
+        _ => None,
+    }
 }
 
 fn job_observed(job: &Job) -> JobObserved {
@@ -624,7 +665,7 @@ async fn observe(
         }
     }
     let last_progress_unix_ms = ctx.cache.lock().await.progress.get(uid).copied();
-    Ok(Observed {
+    let mut observed = Observed {
         test: st.clone(),
         plan,
         plan_exists: plan_cm.is_some(),
@@ -633,7 +674,12 @@ async fn observe(
         cleanup_job: cleanup_job.as_ref().map(job_observed),
         shards,
         last_progress_unix_ms,
-    })
+        server: None,
+    };
+    if st.metadata.deletion_timestamp.is_none() {
+        observed.server = server_observation(ctx, &observed, ns, uid).await;
+    }
+    Ok(observed)
 }
 
 /// `ip:port`, bracketing IPv6 addresses.
