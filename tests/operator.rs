@@ -40,19 +40,16 @@ struct Controller {
     child: Child,
     port: u16,
     dashboard_port: u16,
+    stderr: std::path::PathBuf,
 }
 
 impl Controller {
     /// Starts a controller that writes its log to `stderr`.
     fn start(server: &ApiServer, stderr: &Path, extra: &[&str]) -> Controller {
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, dashboard_port) = (free_port(), free_port());
+        // Both held while the ports are picked, so they differ.
+        let listeners = [(); 2].map(|()| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let [port, dashboard_port] = listeners.each_ref().map(|l| l.local_addr().unwrap().port());
+        drop(listeners);
         let child = Command::new(STAMPEDE)
             .args(["controller", "--health-addr", &format!("127.0.0.1:{port}")])
             .args(["--dashboard-addr", &format!("127.0.0.1:{dashboard_port}")])
@@ -67,6 +64,7 @@ impl Controller {
             child,
             port,
             dashboard_port,
+            stderr: stderr.to_path_buf(),
         }
     }
 
@@ -95,20 +93,31 @@ impl Controller {
 
     fn http_get_on(&self, port: u16, path: &str) -> String {
         use std::io::Write;
+        // Retried while the controller starts (connection refused or reset).
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut s = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("controller health server: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        loop {
+            let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            match attempt {
+                Ok(out) if out.starts_with("HTTP/1.1") => {
+                    return out
+                        .split_once("\r\n\r\n")
+                        .map(|(_, b)| b.to_string())
+                        .unwrap_or_default();
+                }
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => panic!(
+                    "GET {path} on the controller's port {port}: {other:?}\n--- controller stderr\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                ),
             }
-        };
-        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
+        }
     }
 }
 
