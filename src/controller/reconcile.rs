@@ -820,20 +820,16 @@ async fn execute(
                 reason,
                 message,
             } => {
-                let ev = Event {
-                    type_: match type_ {
-                        EventType::Normal => KubeEventType::Normal,
-                        EventType::Warning => KubeEventType::Warning,
-                    },
-                    reason: reason.clone(),
-                    note: Some(truncate(message, 1000)),
-                    action: "Reconcile".to_string(),
-                    secondary: None,
-                };
                 // An Event is a courtesy: failing to record one must not stop the test.
-                if let Err(e) = ctx.recorder.publish(&ev, &st.object_ref(&())).await {
-                    tracing::info!(test = %name, "cannot record event: {e}");
-                }
+                publish_event(
+                    &ctx.recorder,
+                    &st.object_ref(&()),
+                    *type_,
+                    reason,
+                    message,
+                    "Reconcile",
+                )
+                .await;
             }
             Action::ApplyCleanupJob => {
                 let mut job = builders::cleanup_job(&source, &ctx.image)?;
@@ -911,6 +907,31 @@ async fn delete_job(jobs: &Api<Job>, name: &str, ns: &str) -> Result<(), Control
             action: format!("delete Job {ns}/{name}"),
             source,
         }),
+    }
+}
+
+/// Records an Event on `reference`, its note cut to 1,000 bytes. An Event is a courtesy: a
+/// failure is logged, never returned.
+pub async fn publish_event(
+    recorder: &Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+    action: &str,
+) {
+    let ev = Event {
+        type_: match type_ {
+            EventType::Normal => KubeEventType::Normal,
+            EventType::Warning => KubeEventType::Warning,
+        },
+        reason: reason.to_string(),
+        note: Some(truncate(message, 1000)),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::info!(object = ?reference.name, reason, "cannot record event: {e}");
     }
 }
 

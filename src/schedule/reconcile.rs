@@ -13,12 +13,11 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy,
 };
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::controller::decide::EventType;
-use crate::controller::reconcile::{Clock, FIELD_MANAGER, backoff};
+use crate::controller::reconcile::{Clock, FIELD_MANAGER, backoff, publish_event};
 use crate::schedule::decide::{self, Action, Observed, RunObserved};
 use crate::schedule::spec::{LABEL_SCHEDULE, RegressionStatus, StressTestSchedule};
 use crate::spec::StressTest;
@@ -323,20 +322,16 @@ async fn execute(
                 reason,
                 message,
             } => {
-                let ev = Event {
-                    type_: match type_ {
-                        EventType::Normal => KubeEventType::Normal,
-                        EventType::Warning => KubeEventType::Warning,
-                    },
-                    reason: reason.to_string(),
-                    note: Some(truncate(message, 1000)),
-                    action: "Schedule".to_string(),
-                    secondary: None,
-                };
                 // An Event is a courtesy: failing to record one must not stop the schedule.
-                if let Err(e) = ctx.recorder.publish(&ev, &sched.object_ref(&())).await {
-                    tracing::info!(schedule = %name, "cannot record event: {e}");
-                }
+                publish_event(
+                    &ctx.recorder,
+                    &sched.object_ref(&()),
+                    *type_,
+                    reason,
+                    message,
+                    "Schedule",
+                )
+                .await;
             }
         }
     }
@@ -354,17 +349,6 @@ async fn execute(
             )))?;
     }
     Ok(())
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// The system clock, as a [`Clock`].
