@@ -134,6 +134,22 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The default limits with what the spec knows: the link capacity of
+    /// `spec.target.metrics.linkCapacity` (an invalid one, refused by validation, is unknown).
+    pub fn for_spec(spec: &StressTestSpec) -> Thresholds {
+        Thresholds {
+            link_bytes_per_second: spec
+                .target
+                .metrics
+                .as_ref()
+                .and_then(|m| m.link_capacity.as_deref())
+                .and_then(|c| crate::spec::parse_link_capacity(c).ok()),
+            ..Thresholds::default()
+        }
+    }
+}
+
 /// Everything the rules know about one stage.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StageFacts {
@@ -169,6 +185,9 @@ pub struct StageFacts {
     pub cores_available: Option<f64>,
     /// Memory of the server's host, bytes, when known.
     pub memory_limit_bytes: Option<f64>,
+    /// Where `cores_available` and `memory_limit_bytes` came from (or why they are unknown),
+    /// in words, when it is worth saying (cluster: pod limits or node allocatable).
+    pub capacity_source: Option<String>,
     /// Whether the load generator shares the server's host (its CPU then competes).
     pub shares_host: bool,
     /// Milvus containers that restarted or were OOM-killed during the stage (cluster only).
@@ -238,6 +257,20 @@ fn bytes(x: f64) -> String {
     } else {
         format!("{:.0} MiB", x / MIB)
     }
+}
+
+fn bits(bytes_per_second: f64) -> String {
+    let b = bytes_per_second * 8.0;
+    if b >= 1e9 {
+        format!("{} Gbit/s", trim_number(b / 1e9))
+    } else {
+        format!("{} Mbit/s", trim_number(b / 1e6))
+    }
+}
+
+fn trim_number(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn pct(x: f64) -> String {
@@ -408,6 +441,14 @@ pub fn restart_words(restarts: &[ContainerRestart]) -> String {
 /// limit unless errors or the load generator already explain the stage.
 pub fn stage_verdict(f: &StageFacts, t: &Thresholds) -> StageBottleneck {
     let mut v = measured_verdict(f, t);
+    if let Some(source) = &f.capacity_source
+        && matches!(
+            v.resource,
+            Resource::ServerCpu | Resource::ServerMemory | Resource::Client | Resource::None
+        )
+    {
+        v.evidence = format!("{}; {source}", v.evidence);
+    }
     if f.restarts.is_empty() {
         return v;
     }
@@ -501,16 +542,26 @@ fn measured_verdict(f: &StageFacts, t: &Thresholds) -> StageBottleneck {
         );
     }
     if let (Some(link), Some(s)) = (t.link_bytes_per_second, &f.server) {
-        let bps =
-            s.received_bytes_per_second.unwrap_or(0.0) + s.sent_bytes_per_second.unwrap_or(0.0);
-        if link > 0.0 && bps >= t.cpu_share * link {
+        // A link is full duplex: it is full when either direction is.
+        let received = s.received_bytes_per_second.unwrap_or(0.0);
+        let sent = s.sent_bytes_per_second.unwrap_or(0.0);
+        let (busier, direction, other, other_direction) = if sent >= received {
+            (sent, "sent", received, "received")
+        } else {
+            (received, "received", sent, "sent")
+        };
+        if link > 0.0 && busier >= t.cpu_share * link {
             return verdict(
                 Resource::Network,
                 format!(
-                    "the proxy moved {}/s of a {}/s link ({})",
-                    bytes(bps),
+                    "at {}, the proxy {direction} {}/s ({other_direction} {}/s) on a {}/s link ({}, {}): P95 {:.1} ms",
+                    f.load,
+                    bytes(busier),
+                    bytes(other),
                     bytes(link),
-                    pct(bps / link)
+                    bits(link),
+                    pct(busier / link),
+                    f.p95_ms
                 ),
             );
         }
@@ -1110,8 +1161,8 @@ mod tests {
     fn network_is_judged_only_when_the_link_capacity_is_known() {
         let mut f = facts(0.4, GIB, 3.0);
         if let Some(s) = f.server.as_mut() {
-            s.received_bytes_per_second = Some(100.0 * 1024.0 * 1024.0);
-            s.sent_bytes_per_second = Some(20.0 * 1024.0 * 1024.0);
+            s.received_bytes_per_second = Some(20.0 * 1024.0 * 1024.0);
+            s.sent_bytes_per_second = Some(120.0 * 1024.0 * 1024.0);
         }
         assert_eq!(
             stage_verdict(&f, &Thresholds::default()).resource,
@@ -1125,7 +1176,84 @@ mod tests {
         assert_eq!(v.resource, Resource::Network);
         assert_eq!(
             v.evidence,
-            "the proxy moved 120 MiB/s of a 125 MiB/s link (96 %)"
+            "at 200 users, the proxy sent 120 MiB/s (received 20 MiB/s) on a 125 MiB/s link (1.05 Gbit/s, 96 %): P95 3.0 ms"
+        );
+    }
+
+    #[test]
+    fn a_full_duplex_link_is_full_when_one_direction_is_not_when_both_add_up_to_it() {
+        let th = Thresholds {
+            link_bytes_per_second: Some(125e6),
+            ..Thresholds::default()
+        };
+        let mut f = facts(0.4, GIB, 3.0);
+        if let Some(s) = f.server.as_mut() {
+            s.received_bytes_per_second = Some(70e6);
+            s.sent_bytes_per_second = Some(70e6);
+        }
+        assert_eq!(stage_verdict(&f, &th).resource, Resource::None);
+        if let Some(s) = f.server.as_mut() {
+            s.received_bytes_per_second = Some(115e6);
+        }
+        let v = stage_verdict(&f, &th);
+        assert_eq!(v.resource, Resource::Network);
+        assert!(
+            v.evidence.contains(
+                "received 110 MiB/s (sent 67 MiB/s) on a 119 MiB/s link (1 Gbit/s, 92 %)"
+            ),
+            "{}",
+            v.evidence
+        );
+    }
+
+    #[test]
+    fn the_link_capacity_of_the_spec_becomes_the_network_threshold() {
+        let spec = |metrics: &str| -> StressTestSpec {
+            serde_yaml_ng::from_str(&format!(
+                "target: {{address: \"10.0.0.5:19530\"{metrics}}}\ncollection: {{name: c, dimension: 8}}\nindex: {{type: HNSW}}\nworkload: {{operations: [{{name: s, weight: 1, search: {{topK: 10}}}}]}}\nstages: [{{duration: 10s, users: 5, spawnRate: 5}}]\n"
+            ))
+            .unwrap()
+        };
+        assert_eq!(Thresholds::for_spec(&spec("")), Thresholds::default());
+        assert_eq!(
+            Thresholds::for_spec(&spec(", metrics: {linkCapacity: 10Gbit}")).link_bytes_per_second,
+            Some(1.25e9)
+        );
+        assert_eq!(
+            Thresholds::for_spec(&spec(", metrics: {linkCapacity: 1GiB}")).link_bytes_per_second,
+            Some(GIB)
+        );
+        // An invalid value never gets here (validation refuses it); were it to, it is unknown.
+        assert_eq!(
+            Thresholds::for_spec(&spec(", metrics: {linkCapacity: fast}")).link_bytes_per_second,
+            None
+        );
+    }
+
+    #[test]
+    fn the_source_of_the_capacity_is_named_in_the_evidence() {
+        let mut f = facts(0.4, GIB, 3.0);
+        f.capacity_source = Some(
+            "cores and memory: allocatable of node node-a (the Milvus pods set no limits)".into(),
+        );
+        let v = stage_verdict(&f, &Thresholds::default());
+        assert_eq!(v.resource, Resource::None);
+        assert!(
+            v.evidence.ends_with(
+                "of 2.00 cores (20 %), peak memory 1.0 GiB of 8.0 GiB (12 %); query node queue wait 4.0 ms; cores and memory: allocatable of node node-a (the Milvus pods set no limits)"
+            ),
+            "{}",
+            v.evidence
+        );
+        f.requests = 100;
+        f.failures = 50;
+        f.error_ratio = 0.5;
+        let errors = stage_verdict(&f, &Thresholds::default());
+        assert_eq!(errors.resource, Resource::Errors);
+        assert!(
+            !errors.evidence.contains("allocatable"),
+            "{}",
+            errors.evidence
         );
     }
 

@@ -667,6 +667,11 @@ pub struct ServerObservation {
     /// Memory of that host (or its cgroup limit), bytes, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<f64>,
+    /// Where `coresAvailable` and `memoryLimitBytes` came from, or why one is unknown, in words
+    /// (cluster: the Milvus pods' limits, or the allocatable of their nodes when the pods set
+    /// no limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_source: Option<String>,
     /// Whether the load generator runs on the same host (then its CPU competes with the server's).
     pub shares_host_with_client: bool,
     /// The time series, one point per scrape.
@@ -1241,6 +1246,7 @@ async fn scrape_loop(
             .unwrap_or_default(),
         cores_available: cores,
         memory_limit_bytes: memory,
+        capacity_source: None,
         shares_host_with_client: shares_host,
         series,
         restarts: Vec::new(),

@@ -440,6 +440,7 @@ pub fn stage_bottlenecks(r: &RunResult) -> Vec<StageBottleneck> {
                 server_note,
                 cores_available: r.server.cores_available,
                 memory_limit_bytes: r.server.memory_limit_bytes,
+                capacity_source: r.server.capacity_source.clone(),
                 shares_host: r.server.shares_host_with_client,
                 restarts: stage_server.map(|x| x.restarts.clone()).unwrap_or_default(),
             }
@@ -449,7 +450,7 @@ pub fn stage_bottlenecks(r: &RunResult) -> Vec<StageBottleneck> {
         &facts,
         &bottleneck::tuning_of(&r.spec),
         r.saturation.as_ref().map(|s| s.stage),
-        &Thresholds::default(),
+        &Thresholds::for_spec(&r.spec),
     )
 }
 
@@ -482,6 +483,83 @@ mod tests {
             cores_used: used,
             cores_available: 2.0,
         }
+    }
+
+    /// One closed stage of 10 s (1 s ramp), 1,000 searches of 5 ms in its steady state, on a
+    /// spec with `linkCapacity` as given.
+    fn one_stage_result(link_capacity: &str) -> RunResult {
+        use crate::metrics::StageMeasurement;
+        let spec: StressTestSpec = serde_yaml_ng::from_str(&format!(
+            r#"
+target: {{address: "10.0.0.5:19530", metrics: {{selector: app=milvus, linkCapacity: "{link_capacity}"}}}}
+collection: {{name: c, dimension: 8, metric: L2}}
+index: {{type: HNSW, params: {{M: 16, efConstruction: 200}}}}
+workload:
+  operations: [{{name: search_vector, weight: 1, search: {{topK: 10, params: {{ef: 64}}}}}}]
+stages: [{{duration: 10s, users: 50, spawnRate: 50}}]
+"#
+        ))
+        .unwrap();
+        let mut m = StageMeasurement {
+            stage: 0,
+            ramp_seconds: 1.0,
+            steady_seconds: 9.0,
+            complete: true,
+            ..StageMeasurement::default()
+        };
+        for _ in 0..1000 {
+            m.steady.op_mut("search_vector").record_success(5_000, 1);
+        }
+        let merged = Snapshot {
+            shards: 1,
+            stages: vec![m],
+            ..Snapshot::default()
+        };
+        build_result(&spec, RunContext::default(), merged)
+    }
+
+    /// Scrapes every second: Milvus at 0.5 of 4 cores, 1 GiB of 16 GiB, the proxy sending 118 MB/s
+    /// and receiving 6 MB/s.
+    fn busy_link() -> ServerObservation {
+        let series = (0..=10)
+            .map(|k| crate::observe::ServerSample {
+                second: f64::from(k),
+                interval: 1.0,
+                cpu_cores: Some(0.5),
+                resident_bytes: Some(1024.0 * 1024.0 * 1024.0),
+                received_bytes_per_second: Some(6e6),
+                sent_bytes_per_second: Some(118e6),
+                endpoints_observed: 1,
+                ..crate::observe::ServerSample::default()
+            })
+            .collect();
+        ServerObservation {
+            enabled: true,
+            observed: true,
+            endpoints: vec!["http://10.0.0.6:9091/metrics".into()],
+            interval_seconds: 1.0,
+            cores_available: Some(4.0),
+            memory_limit_bytes: Some(16.0 * 1024.0 * 1024.0 * 1024.0),
+            series,
+            ..ServerObservation::default()
+        }
+    }
+
+    #[test]
+    fn proxy_traffic_near_the_spec_link_capacity_makes_the_stage_network_bound() {
+        let mut r = one_stage_result("1Gbit");
+        attach_server(&mut r, busy_link());
+        assert_eq!(r.bottlenecks.len(), 1);
+        let b = &r.bottlenecks[0];
+        assert_eq!(b.resource, bottleneck::Resource::Network, "{}", b.evidence);
+        assert_eq!(
+            b.evidence,
+            "at 50 users, the proxy sent 113 MiB/s (received 6 MiB/s) on a 119 MiB/s link (1 Gbit/s, 94 %): P95 5.0 ms"
+        );
+        // The same traffic on a 10 Gbit/s link is nothing near its limit.
+        let mut r = one_stage_result("10Gbit");
+        attach_server(&mut r, busy_link());
+        assert_eq!(r.bottlenecks[0].resource, bottleneck::Resource::None);
     }
 
     #[test]

@@ -135,6 +135,56 @@ pub struct MetricsSpec {
     /// Default `2s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<DurationSpec>,
+    /// Network bandwidth of the Milvus host's (or pod's) link, e.g. `1Gbit`, `10Gbit`,
+    /// `100Mbit` (bits per second, decimal: `bit`, `Kbit`, `Mbit`, `Gbit`) or `125MB` (bytes per
+    /// second: `B`, `KB`, `MB`, `GB`, binary `KiB`, `MiB`, `GiB`). When set, a stage whose proxy
+    /// traffic in either direction reaches 90 % of it is judged `network`; unset, the network
+    /// is never the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_capacity: Option<String>,
+}
+
+/// A link capacity (`1Gbit`, `100Mbit`, `125MB`, `1GiB`, …) in bytes per second (pure). Bit
+/// units are decimal (`1Gbit` = 10⁹ bit/s = 1.25 × 10⁸ B/s); byte units are decimal (`KB`,
+/// `MB`, `GB`) or binary (`KiB`, `MiB`, `GiB`). A `/s` suffix is accepted.
+pub fn parse_link_capacity(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let hint = "write e.g. 1Gbit, 10Gbit, 100Mbit or 125MB";
+    if number.is_empty() {
+        return Err(format!("`{text}` does not start with a number; {hint}"));
+    }
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` has a malformed number; {hint}"))?;
+    let factor = match unit {
+        "bit" => 1.0 / 8.0,
+        "Kbit" => 1e3 / 8.0,
+        "Mbit" => 1e6 / 8.0,
+        "Gbit" => 1e9 / 8.0,
+        "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "" => return Err(format!("`{text}` has no unit; {hint}")),
+        other => {
+            return Err(format!(
+                "`{text}` has unknown unit `{other}`; use bit, Kbit, Mbit, Gbit (bits per second) or B, KB, MB, GB, KiB, MiB, GiB (bytes per second)"
+            ));
+        }
+    };
+    let bytes = value * factor;
+    if !(bytes.is_finite() && bytes > 0.0) {
+        return Err(format!("`{text}` must be more than zero; {hint}"));
+    }
+    Ok(bytes)
 }
 
 fn default_database() -> String {
@@ -1419,6 +1469,9 @@ pub fn validate(spec: &StressTestSpec) -> Vec<FieldError> {
                 "must be at least 100ms, e.g. 2s".into(),
             );
         }
+        if let Some(Err(e)) = m.link_capacity.as_deref().map(parse_link_capacity) {
+            err("spec.target.metrics.linkCapacity".into(), e);
+        }
     }
     let c = &spec.collection;
     if !is_milvus_name(&c.name) {
@@ -2038,6 +2091,74 @@ spec:
             paths,
             vec!["spec.data.scalars[1]", "spec.data.scalars[2].range"]
         );
+    }
+
+    #[test]
+    fn link_capacities_in_bits_and_bytes_per_second_are_read_as_bytes_per_second() {
+        assert_eq!(parse_link_capacity("1Gbit"), Ok(125e6));
+        assert_eq!(parse_link_capacity("10Gbit"), Ok(1.25e9));
+        assert_eq!(parse_link_capacity("100Mbit"), Ok(12.5e6));
+        assert_eq!(parse_link_capacity("800Kbit"), Ok(1e5));
+        assert_eq!(parse_link_capacity("8bit"), Ok(1.0));
+        assert_eq!(parse_link_capacity("125MB"), Ok(125e6));
+        assert_eq!(parse_link_capacity("2.5GB"), Ok(2.5e9));
+        assert_eq!(parse_link_capacity("1KB"), Ok(1e3));
+        assert_eq!(parse_link_capacity("64B"), Ok(64.0));
+        assert_eq!(parse_link_capacity("1KiB"), Ok(1024.0));
+        assert_eq!(parse_link_capacity("100MiB"), Ok(100.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_link_capacity("1GiB"), Ok(1024.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_link_capacity(" 1 Gbit/s "), Ok(125e6));
+    }
+
+    #[test]
+    fn a_link_capacity_without_a_known_unit_or_above_zero_is_refused_with_a_hint() {
+        let no_unit = parse_link_capacity("1000").unwrap_err();
+        assert!(no_unit.contains("has no unit"), "{no_unit}");
+        let unknown = parse_link_capacity("1Gb").unwrap_err();
+        assert!(unknown.contains("unknown unit `Gb`"), "{unknown}");
+        assert!(
+            parse_link_capacity("1gbit").is_err(),
+            "units are case-sensitive"
+        );
+        assert!(parse_link_capacity("Gbit").unwrap_err().contains("number"));
+        assert!(parse_link_capacity("1.2.3Gbit").is_err());
+        assert!(
+            parse_link_capacity("0Gbit")
+                .unwrap_err()
+                .contains("more than zero")
+        );
+        assert!(parse_link_capacity("").is_err());
+    }
+
+    #[test]
+    fn a_bad_link_capacity_is_reported_at_its_path_with_the_other_errors() {
+        let text = CLASSIC.replace(
+            r#"target: {address: "milvus.db.svc:19530"}"#,
+            r#"target: {address: "milvus.db.svc:19530", metrics: {linkCapacity: 10Gbps, port: 0}}"#,
+        );
+        let Err(SpecError::Invalid { errors, .. }) = parse_manifest(&text, "x.yaml") else {
+            panic!("expected invalid");
+        };
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.target.metrics.port",
+                "spec.target.metrics.linkCapacity"
+            ]
+        );
+        assert!(
+            errors[1].message.contains("unknown unit `Gbps`"),
+            "{}",
+            errors[1]
+        );
+        let good = CLASSIC.replace(
+            r#"target: {address: "milvus.db.svc:19530"}"#,
+            r#"target: {address: "milvus.db.svc:19530", metrics: {linkCapacity: 10Gbit}}"#,
+        );
+        let st = parse_manifest(&good, "x.yaml").unwrap();
+        let m = st.spec.target.metrics.unwrap();
+        assert_eq!(m.link_capacity.as_deref(), Some("10Gbit"));
     }
 
     #[test]

@@ -28,6 +28,8 @@ const NON_DEFAULT: &[&str] = &[
     "--set",
     "leaderElection.enabled=false",
     "--set",
+    "rbac.readNodes=false",
+    "--set",
     "image.repository=registry.example.com/team/stampede",
     "--set-string",
     "image.tag=2.0.1",
@@ -211,6 +213,12 @@ fn controller_rules() -> Vec<PolicyRule> {
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ]
+}
+
+/// `get` on nodes: their allocatable CPU and memory when the Milvus pods set no limits
+/// (`rbac.readNodes`, default true; cluster-wide, nodes are cluster-scoped).
+fn node_rule() -> PolicyRule {
+    rule(&[""], &["nodes"], &["get"])
 }
 
 fn lease_rule() -> PolicyRule {
@@ -448,7 +456,9 @@ fn the_default_rbac_is_the_least_privilege_list_cluster_wide_and_the_lease_in_th
         .filter(|g| g.namespace.is_none())
         .map(|g| g.rule.clone())
         .collect();
-    assert_eq!(cluster, controller_rules());
+    let mut expected = controller_rules();
+    expected.push(node_rule());
+    assert_eq!(cluster, expected);
     let namespaced: Vec<(Option<String>, PolicyRule)> = granted
         .iter()
         .filter(|g| g.namespace.is_some())
@@ -466,6 +476,11 @@ fn the_default_rbac_is_the_least_privilege_list_cluster_wide_and_the_lease_in_th
     ));
     assert!(!allows(&rules, "", "secrets", "get"), "no Secret is read");
     assert!(!allows(&rules, "", "pods", "delete"));
+    assert!(allows(&rules, "", "nodes", "get"));
+    assert!(
+        !allows(&rules, "", "nodes", "list"),
+        "nodes are read by name"
+    );
     for r in &rules {
         assert!(!r.verbs.iter().any(|v| v == "*"), "no wildcard verb: {r:?}");
         assert!(!r.resources.iter().flatten().any(|v| v == "*"));
@@ -492,9 +507,24 @@ fn one_watch_namespace_becomes_the_namespace_env_and_a_role_in_that_namespace() 
     let container = controller(&deployment(&yaml));
     assert_eq!(env(&container)["STAMPEDE_NAMESPACE"], "milvus-tests");
     let objects = rendered_objects(&yaml);
-    assert!(objects_of_kind(&objects, "ClusterRole").is_empty());
-    assert!(objects_of_kind(&objects, "ClusterRoleBinding").is_empty());
+    // The only cluster-wide right: `get` on nodes, which no Role can grant.
+    let node_role: ClusterRole = parse_strict(only_object(&objects, "ClusterRole"));
+    assert_eq!(node_role.metadata.name.as_deref(), Some("stampede-nodes"));
+    assert_eq!(node_role.rules, Some(vec![node_rule()]));
+    let node_binding: ClusterRoleBinding =
+        parse_strict(only_object(&objects, "ClusterRoleBinding"));
+    assert_eq!(node_binding.role_ref.name, "stampede-nodes");
+    let subjects = node_binding.subjects.expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "stampede");
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
     let granted = granted_rules(&yaml);
+    let cluster_wide: Vec<PolicyRule> = granted
+        .iter()
+        .filter(|g| g.namespace.is_none())
+        .map(|g| g.rule.clone())
+        .collect();
+    assert_eq!(cluster_wide, [node_rule()]);
     let in_watched: Vec<PolicyRule> = granted
         .iter()
         .filter(|g| g.namespace.as_deref() == Some("milvus-tests"))
@@ -507,7 +537,7 @@ fn one_watch_namespace_becomes_the_namespace_env_and_a_role_in_that_namespace() 
         .map(|g| g.rule.clone())
         .collect();
     assert_eq!(in_release, [lease_rule()]);
-    assert_eq!(granted.len(), controller_rules().len() + 1);
+    assert_eq!(granted.len(), controller_rules().len() + 2);
     let bindings: Vec<RoleBinding> = objects_of_kind(&objects, "RoleBinding")
         .into_iter()
         .map(parse_strict)
@@ -526,6 +556,29 @@ fn one_watch_namespace_becomes_the_namespace_env_and_a_role_in_that_namespace() 
             )
         ]
     );
+}
+
+#[test]
+fn read_nodes_false_grants_no_right_on_nodes_in_either_mode() {
+    for values in [
+        vec![("rbac.readNodes", "false")],
+        vec![
+            ("rbac.readNodes", "false"),
+            ("watchNamespaces[0]", "milvus-tests"),
+        ],
+    ] {
+        let yaml = helm_template(&values);
+        let rules = cluster_rules(&yaml);
+        assert!(!allows(&rules, "", "nodes", "get"), "{values:?}");
+        assert!(allows(&rules, "", "pods", "list"), "{values:?}");
+    }
+    let namespaced = helm_template(&[
+        ("rbac.readNodes", "false"),
+        ("watchNamespaces[0]", "milvus-tests"),
+    ]);
+    let objects = rendered_objects(&namespaced);
+    assert!(objects_of_kind(&objects, "ClusterRole").is_empty());
+    assert!(objects_of_kind(&objects, "ClusterRoleBinding").is_empty());
 }
 
 #[test]

@@ -1025,6 +1025,59 @@ fn patch_pod_status(env: &Env, name: &str, status: &Value) {
     ]);
 }
 
+/// The status of a Milvus pod that the test sets itself: Running on 127.0.0.1 (where the local
+/// Milvus serves its metrics on 9091), its container restarted `restarts` times, last in
+/// `last_state`.
+fn milvus_pod_status(restarts: i32, last_state: Value) -> Value {
+    serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": "127.0.0.1",
+        "containerStatuses": [{
+            "name": "milvus", "image": "milvusdb/milvus:v2.3.5", "imageID": "", "ready": true,
+            "restartCount": restarts, "state": {"running": {}}, "lastState": last_state,
+        }],
+    }})
+}
+
+/// Creates the Milvus pod `name` labelled `app.kubernetes.io/name=milvus`, with the YAML
+/// `extra_spec` lines in its spec (e.g. a nodeName) and `resources` as its container's
+/// resources (flow style), and makes it Running (see [`milvus_pod_status`]). No Job owns it, so
+/// the kubelet stand-in leaves it alone.
+fn add_milvus_pod(env: &Env, name: &str, extra_spec: &str, resources: &str) {
+    env.apply(
+        name,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app.kubernetes.io/name: milvus}}
+spec:
+{extra_spec}  containers:
+    - name: milvus
+      image: milvusdb/milvus:v2.3.5
+      resources: {resources}
+"#
+        ),
+    );
+    patch_pod_status(env, name, &milvus_pod_status(0, serde_json::json!({})));
+}
+
+/// [`manifest`] with server observation of the pods labelled `app.kubernetes.io/name=milvus`,
+/// scraped every second.
+fn observed_manifest(name: &str, collection: &str, stage_seconds: u32) -> String {
+    let target = format!("target: {{address: \"{}\"}}", common::milvus_addr());
+    let base = manifest(name, collection, 1000, stage_seconds);
+    assert!(base.contains(&target));
+    base.replace(
+        &target,
+        &format!(
+            "target: {{address: \"{}\", metrics: {{selector: app.kubernetes.io/name=milvus, interval: 1s}}}}",
+            common::milvus_addr()
+        ),
+    )
+}
+
 #[test]
 fn the_controller_scrapes_the_milvus_pods_found_by_the_selector_and_records_an_oom_kill_in_its_stage()
  {
@@ -1034,50 +1087,16 @@ fn the_controller_scrapes_the_milvus_pods_found_by_the_selector_and_records_an_o
     let milvus_pod = "milvus-standalone-0";
     drop_collection(collection);
     let env = Env::start();
-    // A Milvus pod that no Job owns (the kubelet stand-in leaves it alone): its IP is this
-    // machine, where the local Milvus serves its metrics on 9091.
-    let status = |restarts: i32, last_state: Value| {
-        serde_json::json!({"status": {
-            "phase": "Running",
-            "podIP": "127.0.0.1",
-            "containerStatuses": [{
-                "name": "milvus", "image": "milvusdb/milvus:v2.3.5", "imageID": "", "ready": true,
-                "restartCount": restarts, "state": {"running": {}}, "lastState": last_state,
-            }],
-        }})
-    };
-    env.apply(
+    add_milvus_pod(
+        &env,
         milvus_pod,
-        &format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {milvus_pod}
-  labels: {{app.kubernetes.io/name: milvus}}
-spec:
-  containers:
-    - name: milvus
-      image: milvusdb/milvus:v2.3.5
-      resources: {{limits: {{cpu: "4", memory: 16Gi}}}}
-"#
-        ),
+        "",
+        r#"{limits: {cpu: "4", memory: 16Gi}}"#,
     );
-    patch_pod_status(&env, milvus_pod, &status(0, serde_json::json!({})));
-    let target = format!("target: {{address: \"{}\"}}", common::milvus_addr());
-    let base = manifest(name, collection, 1000, 6);
-    assert!(base.contains(&target));
-    let body = base
-        .replace(
-            &target,
-            &format!(
-                "target: {{address: \"{}\", metrics: {{selector: app.kubernetes.io/name=milvus, interval: 1s}}}}",
-                common::milvus_addr()
-            ),
-        )
-        .replace(
-            "    - {duration: 6s, users: 4, spawnRate: 10}\n",
-            "    - {duration: 6s, users: 4, spawnRate: 10}\n    - {duration: 6s, users: 6, spawnRate: 10}\n",
-        );
+    let body = observed_manifest(name, collection, 6).replace(
+        "    - {duration: 6s, users: 4, spawnRate: 10}\n",
+        "    - {duration: 6s, users: 4, spawnRate: 10}\n    - {duration: 6s, users: 6, spawnRate: 10}\n",
+    );
     env.apply(name, &body);
     let start = wait_started(&env, name);
     // In the middle of the second stage (6–12 s after the start): the container was OOM-killed
@@ -1088,7 +1107,7 @@ spec:
         std::thread::sleep(Duration::from_millis(wait as u64));
     }
     let last = serde_json::json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}});
-    patch_pod_status(&env, milvus_pod, &status(1, last));
+    patch_pod_status(&env, milvus_pod, &milvus_pod_status(1, last));
     let patched_after = (unix_ms_now() - start) as f64 / 1000.0;
 
     let st = env.wait_finished(name, Duration::from_secs(120));
@@ -1134,6 +1153,17 @@ spec:
         server.memory_limit_bytes,
         Some(16.0 * 1024.0 * 1024.0 * 1024.0)
     );
+    assert_eq!(
+        server.capacity_source.as_deref(),
+        Some("cores and memory: the Milvus pods' limits")
+    );
+    assert!(
+        !env.server
+            .requests_of(CONTROLLER_TOKEN)
+            .iter()
+            .any(|r| r.resource == "nodes"),
+        "the pods' limits are known: no node is read"
+    );
     assert_eq!(server.restarts.len(), 1, "{:?}", server.restarts);
     assert!(server.restarts[0].oom_killed());
     assert_eq!(server.stages.len(), 3);
@@ -1159,6 +1189,71 @@ spec:
             .map(|r| (r / 1048576.0).round())
             .collect::<Vec<_>>()
     );
+    drop(env);
+    drop_collection(collection);
+}
+
+#[test]
+fn a_milvus_pod_without_limits_gets_the_allocatable_cpu_and_memory_of_its_node_as_capacity() {
+    let _milvus = MILVUS.lock().unwrap_or_else(|e| e.into_inner());
+    let collection = "t_op_e2e_node_capacity";
+    let name = "op-node-capacity";
+    drop_collection(collection);
+    let env = Env::start();
+    env.server.add_node("node-a", "2", "8Gi");
+    let node: Value = serde_json::from_str(
+        &env.server
+            .kubectl_ok(&["get", "node", "node-a", "-o", "json"]),
+    )
+    .unwrap();
+    assert_eq!(node["status"]["allocatable"]["memory"], "8Gi");
+    add_milvus_pod(&env, "milvus-standalone-0", "  nodeName: node-a\n", "{}");
+    env.apply(name, &observed_manifest(name, collection, 4));
+
+    let st = env.wait_finished(name, Duration::from_secs(120));
+    let why = || env.diagnostics(&st);
+    assert_eq!(st["status"]["phase"], "Succeeded", "{}", why());
+    let stages = st["status"]["stages"].as_array().expect("status.stages");
+    assert_eq!(stages.len(), 2, "{}", why());
+    let source = "cores and memory: allocatable of node node-a (the Milvus pods set no limits)";
+    let mut evidences = Vec::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let resource = stage["bottleneck"]["resource"].as_str().unwrap_or_default();
+        let evidence = stage["bottleneck"]["evidence"].as_str().unwrap_or_default();
+        assert!(
+            evidence.contains("of 2.00 cores") && evidence.ends_with(source),
+            "stage {i}: {resource}: {evidence}\n{}",
+            why()
+        );
+        // CPU-bound evidence names the cores only; every other verdict the memory too.
+        assert!(
+            resource == "serverCpu" || evidence.contains("of 8.0 GiB"),
+            "stage {i}: {resource}: {evidence}"
+        );
+        evidences.push(format!("{resource}: {evidence}"));
+    }
+
+    let result = env.report(name, &st);
+    let server = &result.server;
+    assert!(server.enabled && server.observed, "{:?}", server.reason);
+    assert_eq!(server.cores_available, Some(2.0));
+    assert_eq!(
+        server.memory_limit_bytes,
+        Some(8.0 * 1024.0 * 1024.0 * 1024.0)
+    );
+    assert_eq!(server.capacity_source.as_deref(), Some(source));
+    // The node was read by name, within the chart's RBAC, and once for an unchanged pod set.
+    let node_reads = env
+        .server
+        .requests_of(CONTROLLER_TOKEN)
+        .iter()
+        .filter(|r| r.resource == "nodes")
+        .map(|r| format!("{} {}", r.verb, r.namespace))
+        .collect::<Vec<_>>();
+    assert_eq!(node_reads, ["get "], "{node_reads:?}");
+    let requests = assert_within_chart_rbac(&env);
+    assert!(requests.contains(&"get /nodes".to_string()), "{requests:?}");
+    println!("bottlenecks: {}", evidences.join(" | "));
     drop(env);
     drop_collection(collection);
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -88,11 +88,7 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
 /// The CPU cores and memory (bytes) the running Milvus pods may use: the sums of their
 /// containers' limits, each only when every container of every such pod sets it.
 pub fn pod_limits(pods: &[Pod]) -> (Option<f64>, Option<f64>) {
-    let running = pods.iter().filter(|p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            && p.metadata.deletion_timestamp.is_none()
-    });
-    let containers: Vec<_> = running
+    let containers: Vec<_> = running(pods)
         .filter_map(|p| p.spec.as_ref())
         .flat_map(|s| s.containers.iter())
         .collect();
@@ -111,10 +107,168 @@ pub fn pod_limits(pods: &[Pod]) -> (Option<f64>, Option<f64>) {
     (sum("cpu"), sum("memory"))
 }
 
+fn running(pods: &[Pod]) -> impl Iterator<Item = &Pod> {
+    pods.iter().filter(|p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && p.metadata.deletion_timestamp.is_none()
+    })
+}
+
+/// The distinct nodes the running pods are on, sorted (pods not yet bound to a node are left
+/// out).
+fn nodes_of(pods: &[Pod]) -> Vec<String> {
+    let mut names: Vec<String> = running(pods)
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The nodes whose allocatable resources are needed: those the running Milvus pods are on, when
+/// the pods' limits leave the CPU or the memory unknown; none when the limits say both.
+pub fn nodes_to_read(pods: &[Pod]) -> Vec<String> {
+    match pod_limits(pods) {
+        (Some(_), Some(_)) => Vec::new(),
+        _ => nodes_of(pods),
+    }
+}
+
+/// The capacity of the server (the CPU cores and memory the Milvus pods may use) and where it
+/// came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Capacity {
+    /// Cores, when known.
+    pub cores: Option<f64>,
+    /// Memory, bytes, when known.
+    pub memory_bytes: Option<f64>,
+    /// Where the figures came from, or why one is unknown, in words (None without running pods).
+    pub source: Option<String>,
+}
+
+/// Where one capacity figure came from.
+#[derive(Clone, Debug, PartialEq)]
+enum Origin {
+    Limits,
+    Nodes(Vec<String>),
+    Unknown(String),
+}
+
+fn node_words(names: &[String]) -> String {
+    match names {
+        [one] => format!("node {one}"),
+        _ => format!("nodes {}", names.join(", ")),
+    }
+}
+
+/// The capacity of the running Milvus pods (pure): per resource, the sum of their containers'
+/// limits when every container sets one; otherwise the sum of the allocatable resources of the
+/// distinct nodes they run on (`nodes`, as read; `errors`: (node, why) for those that could not
+/// be read). Allocatable is an upper bound: other pods on those nodes share it.
+pub fn capacity(pods: &[Pod], nodes: &[Node], errors: &[(String, String)]) -> Capacity {
+    if running(pods).next().is_none() {
+        return Capacity::default();
+    }
+    let (cpu_limit, memory_limit) = pod_limits(pods);
+    let names = nodes_of(pods);
+    let unbound: Vec<String> = running(pods)
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_none_or(str::is_empty)
+        })
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect();
+    let allocatable = |key: &str| -> Result<f64, String> {
+        if let Some(pod) = unbound.first() {
+            return Err(format!("pod {pod} has no node"));
+        }
+        let mut sum = 0.0;
+        for name in &names {
+            if let Some((_, why)) = errors.iter().find(|(n, _)| n == name) {
+                return Err(format!("node {name} could not be read: {why}"));
+            }
+            let node = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+                .ok_or_else(|| format!("node {name} was not read"))?;
+            let value = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(key))
+                .and_then(|q| parse_quantity(&q.0))
+                .ok_or_else(|| format!("node {name} reports no allocatable {key}"))?;
+            sum += value;
+        }
+        Ok(sum)
+    };
+    let pick = |limit: Option<f64>, key: &str| -> (Option<f64>, Origin) {
+        match limit {
+            Some(v) => (Some(v), Origin::Limits),
+            None => match allocatable(key) {
+                Ok(v) => (Some(v), Origin::Nodes(names.clone())),
+                Err(why) => (None, Origin::Unknown(why)),
+            },
+        }
+    };
+    let (cores, cpu_from) = pick(cpu_limit, "cpu");
+    let (memory_bytes, memory_from) = pick(memory_limit, "memory");
+    let words = |from: &Origin, limit: &str| match from {
+        Origin::Limits => "the Milvus pods' limits".to_string(),
+        Origin::Nodes(n) => format!(
+            "allocatable of {} (the Milvus pods set no {limit})",
+            node_words(n)
+        ),
+        Origin::Unknown(why) => format!("unknown (the Milvus pods set no {limit} and {why})"),
+    };
+    let source = if cpu_from == memory_from {
+        format!("cores and memory: {}", words(&cpu_from, "limits"))
+    } else {
+        format!(
+            "cores: {}; memory: {}",
+            words(&cpu_from, "CPU limit"),
+            words(&memory_from, "memory limit")
+        )
+    };
+    Capacity {
+        cores,
+        memory_bytes,
+        source: Some(source),
+    }
+}
+
+/// Reads the nodes by name, each with at most `timeout`: the nodes read and, for the others,
+/// why not (e.g. 403 when the controller's RBAC does not grant `get` on nodes).
+async fn read_nodes(
+    api: &Api<Node>,
+    names: &[String],
+    timeout: Duration,
+) -> (Vec<Node>, Vec<(String, String)>) {
+    let mut nodes = Vec::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match tokio::time::timeout(timeout, api.get(name)).await {
+            Ok(Ok(node)) => nodes.push(node),
+            Ok(Err(e)) => errors.push((name.clone(), e.to_string())),
+            Err(_) => errors.push((
+                name.clone(),
+                format!("no answer in {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+    for (name, why) in &errors {
+        tracing::debug!(node = %name, error = %why, "cannot read the node of a Milvus pod; its allocatable CPU and memory stay unknown");
+    }
+    (nodes, errors)
+}
+
 /// What the scraper has seen so far.
 #[derive(Default)]
 struct Seen {
-    limits: (Option<f64>, Option<f64>),
+    capacity: Capacity,
     series: Vec<ServerSample>,
     restarts: Vec<ContainerRestart>,
     endpoints: Vec<String>,
@@ -144,9 +298,11 @@ impl ClusterObserver {
     ) -> ClusterObserver {
         let (stop, stop_rx) = watch::channel(false);
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let nodes: Api<Node> = Api::all(client);
         tokio::spawn(scrape_pods(
             pods,
+            nodes,
             plan.clone(),
             start_unix_ms,
             seen.clone(),
@@ -180,8 +336,9 @@ impl ClusterObserver {
             interval_seconds: self.plan.interval.as_secs_f64(),
             signals: seen.signals.clone(),
             missing: seen.missing.clone(),
-            cores_available: seen.limits.0,
-            memory_limit_bytes: seen.limits.1,
+            cores_available: seen.capacity.cores,
+            memory_limit_bytes: seen.capacity.memory_bytes,
+            capacity_source: seen.capacity.source.clone(),
             shares_host_with_client: false,
             series: seen.series.clone(),
             restarts: seen.restarts.clone(),
@@ -222,6 +379,7 @@ fn seconds_since(start_unix_ms: i64) -> f64 {
 
 async fn scrape_pods(
     pods: Api<Pod>,
+    nodes_api: Api<Node>,
     plan: ClusterPlan,
     start_unix_ms: i64,
     seen: Arc<Mutex<Seen>>,
@@ -230,6 +388,10 @@ async fn scrape_pods(
     let timeout = observe::scrape_timeout(plan.interval);
     let mut previous: HashMap<String, TimedReading> = HashMap::new();
     let mut last_pods: Option<Vec<Pod>> = None;
+    // The nodes last read (by name), read again only when the set the pods need changes.
+    let mut nodes_read: Option<Vec<String>> = None;
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut node_errors: Vec<(String, String)> = Vec::new();
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -274,10 +436,15 @@ async fn scrape_pods(
             tracing::info!(pod = %r.pod, container = %r.container, reason = ?r.reason, second = r.second, "Milvus container restarted during the test");
         }
         let urls = observe::pod_metrics_urls(&items, plan.port, plan.path.as_deref());
-        let limits = pod_limits(&items);
+        let wanted = nodes_to_read(&items);
+        if nodes_read.as_ref() != Some(&wanted) {
+            (nodes, node_errors) = read_nodes(&nodes_api, &wanted, timeout).await;
+            nodes_read = Some(wanted);
+        }
+        let capacity = capacity(&items, &nodes, &node_errors);
         last_pods = Some(items);
         if !urls.is_empty() {
-            seen.lock().unwrap_or_else(|e| e.into_inner()).limits = limits;
+            seen.lock().unwrap_or_else(|e| e.into_inner()).capacity = capacity;
         }
         if urls.is_empty() {
             let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -381,6 +548,128 @@ mod tests {
         ];
         assert_eq!(pod_limits(&partly), (Some(3.0), None));
         assert_eq!(pod_limits(&[]), (None, None));
+    }
+
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+    fn pod_on(name: &str, node: Option<&str>, limits: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "milvus", "resources": {"limits": limits}}],
+            },
+            "status": {"phase": "Running"},
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, allocatable: serde_json::Value) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"allocatable": allocatable},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_without_limits_get_the_allocatable_of_their_distinct_nodes() {
+        let none = serde_json::json!({});
+        let pods = [
+            pod_on("milvus-proxy", Some("node-a"), none.clone()),
+            pod_on("milvus-querynode-0", Some("node-b"), none.clone()),
+            pod_on("milvus-querynode-1", Some("node-a"), none.clone()),
+        ];
+        assert_eq!(nodes_to_read(&pods), ["node-a", "node-b"]);
+        let nodes = [
+            node("node-a", serde_json::json!({"cpu": "2", "memory": "8Gi"})),
+            node(
+                "node-b",
+                serde_json::json!({"cpu": "3500m", "memory": "4Gi"}),
+            ),
+        ];
+        assert_eq!(
+            capacity(&pods, &nodes, &[]),
+            Capacity {
+                cores: Some(5.5),
+                memory_bytes: Some(12.0 * GIB),
+                source: Some(
+                    "cores and memory: allocatable of nodes node-a, node-b (the Milvus pods set no limits)"
+                        .into()
+                ),
+            }
+        );
+    }
+
+    #[test]
+    fn pod_limits_win_over_node_allocatable_resource_by_resource() {
+        let both = [pod_on(
+            "m",
+            Some("node-a"),
+            serde_json::json!({"cpu": "4", "memory": "16Gi"}),
+        )];
+        assert_eq!(nodes_to_read(&both), Vec::<String>::new());
+        let nodes = [node(
+            "node-a",
+            serde_json::json!({"cpu": "2", "memory": "8Gi"}),
+        )];
+        assert_eq!(
+            capacity(&both, &[], &[]),
+            Capacity {
+                cores: Some(4.0),
+                memory_bytes: Some(16.0 * GIB),
+                source: Some("cores and memory: the Milvus pods' limits".into()),
+            }
+        );
+        let cpu_only = [pod_on("m", Some("node-a"), serde_json::json!({"cpu": "1"}))];
+        assert_eq!(nodes_to_read(&cpu_only), ["node-a"]);
+        assert_eq!(
+            capacity(&cpu_only, &nodes, &[]),
+            Capacity {
+                cores: Some(1.0),
+                memory_bytes: Some(8.0 * GIB),
+                source: Some(
+                    "cores: the Milvus pods' limits; memory: allocatable of node node-a (the Milvus pods set no memory limit)"
+                        .into()
+                ),
+            }
+        );
+    }
+
+    #[test]
+    fn a_node_that_cannot_be_read_leaves_the_capacity_unknown_with_the_reason() {
+        let pods = [pod_on("m", Some("node-a"), serde_json::json!({}))];
+        let forbidden = [(
+            "node-a".to_string(),
+            "nodes \"node-a\" is forbidden: 403".to_string(),
+        )];
+        assert_eq!(
+            capacity(&pods, &[], &forbidden),
+            Capacity {
+                cores: None,
+                memory_bytes: None,
+                source: Some(
+                    "cores and memory: unknown (the Milvus pods set no limits and node node-a could not be read: nodes \"node-a\" is forbidden: 403)"
+                        .into()
+                ),
+            }
+        );
+        // A node without an allocatable memory figure: only the CPU is known.
+        let partial = [node("node-a", serde_json::json!({"cpu": "8"}))];
+        let c = capacity(&pods, &partial, &[]);
+        assert_eq!((c.cores, c.memory_bytes), (Some(8.0), None));
+        assert_eq!(
+            c.source.as_deref(),
+            Some(
+                "cores: allocatable of node node-a (the Milvus pods set no CPU limit); memory: unknown (the Milvus pods set no memory limit and node node-a reports no allocatable memory)"
+            )
+        );
+        // A running pod not bound to a node: its node's share is unknown.
+        let unbound = [pods[0].clone(), pod_on("n", None, serde_json::json!({}))];
+        let c = capacity(&unbound, &partial, &[]);
+        assert_eq!((c.cores, c.memory_bytes), (None, None));
+        assert!(c.source.unwrap().contains("pod n has no node"));
+        assert_eq!(capacity(&[], &partial, &[]), Capacity::default());
     }
 
     #[test]

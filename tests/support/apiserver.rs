@@ -182,6 +182,30 @@ impl ApiServer {
             .collect()
     }
 
+    /// Adds a (cluster-scoped) Node with the given allocatable (and capacity) CPU and memory,
+    /// e.g. `add_node("node-a", "2", "8Gi")`, as a kubelet would register it.
+    pub fn add_node(&self, name: &str, cpu: &str, memory: &str) -> Value {
+        let info = info_builtin("", "nodes").unwrap();
+        let mut store = self.state.store.lock().unwrap();
+        let created = create(
+            &self.state,
+            &mut store,
+            &info,
+            "",
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}),
+        )
+        .unwrap_or_else(|_| panic!("node {name} cannot be created (does it exist?)"));
+        let mut node = created;
+        let resources = json!({"cpu": cpu, "memory": memory, "pods": "110"});
+        node["status"] = json!({
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastTransitionTime": now_rfc3339()}],
+        });
+        self.state.insert(&mut store, &info, "", node)
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.state.store.lock().unwrap().rv
@@ -487,6 +511,7 @@ const BUILTINS: &[Builtin] = &[
     ("", "v1", "services", "Service", true, &["svc"], true),
     ("", "v1", "events", "Event", true, &["ev"], false),
     ("", "v1", "namespaces", "Namespace", false, &["ns"], true),
+    ("", "v1", "nodes", "Node", false, &["no"], true),
     (
         "",
         "v1",
