@@ -623,6 +623,15 @@ async fn run_raw(addr: String, plan: Arc<load::ShardPlan>, users: u64, secs: u64
 }
 
 fn main() {
+    // Logging as `stampede run` sets it up (warn). Without any subscriber, tracing's `log`
+    // fallback (enabled by kube) would make h2's disabled spans cost ~2 % of the client's CPU,
+    // which the real binary never pays.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warn,h2=warn,hyper=warn,tower=warn",
+        ))
+        .with_writer(std::io::stderr)
+        .init();
     let users = env_or("CEILING_USERS", 64);
     let secs = env_or("CEILING_SECS", 10).clamp(1, 120);
     let nq = env_or("CEILING_NQ", 1).max(1);

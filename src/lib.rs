@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod dashboard;
 pub mod data;
+pub mod grpc;
 pub mod load;
 pub mod metrics;
 pub mod milvus;

@@ -94,6 +94,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::grpc::FastChannel;
 use crate::pb::milvus::common as pbc;
 use crate::pb::milvus::schema as pbs;
 use crate::pb::milvus::service as pbm;
@@ -781,6 +782,10 @@ pub struct SearchTemplate {
     output_fields: Vec<String>,
     consistency: ConsistencyLevel,
     search_params: Vec<pbc::KeyValuePair>,
+    /// The protobuf encoding of the request's constant fields (collection, DSL type, output
+    /// fields, search parameters, consistency level), written as is before each request's own
+    /// fields by the lean transport.
+    encoded: bytes::Bytes,
 }
 
 impl SearchTemplate {
@@ -807,8 +812,19 @@ impl SearchTemplate {
             kv("metric_type", metric.to_string()),
             kv("anns_field", vector_field.clone()),
         ];
+        let collection = collection.into();
+        let encoded = pbm::SearchRequest {
+            collection_name: collection.clone(),
+            dsl_type: pbc::DslType::BoolExprV1 as i32,
+            output_fields: output_fields.clone(),
+            search_params: search_params.clone(),
+            consistency_level: consistency.to_proto() as i32,
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into();
         SearchTemplate {
-            collection: collection.into(),
+            collection,
             vector_field,
             metric: metric.to_string(),
             top_k,
@@ -816,6 +832,7 @@ impl SearchTemplate {
             output_fields,
             consistency,
             search_params,
+            encoded,
         }
     }
 
@@ -1409,13 +1426,17 @@ type Grpc = MilvusServiceClient<InterceptedService<Channel, MetadataInterceptor>
 #[derive(Clone)]
 pub struct MilvusClient {
     grpc: Grpc,
+    /// The lean HTTP/2 transport of the load's calls (Search, Query); `None` over TLS, where
+    /// they go through tonic like every other call.
+    fast: Option<Arc<FastChannel>>,
+    /// How long one call may take.
+    request_timeout: Duration,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     address: String,
     database: String,
-    request_timeout: Duration,
     retry: RetryPolicy,
     server_version: String,
     identifier: i64,
@@ -1482,6 +1503,44 @@ fn make_grpc(channel: Channel, interceptor: MetadataInterceptor) -> Grpc {
     MilvusServiceClient::with_interceptor(channel, interceptor)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// gRPC paths of the calls that go over the lean transport.
+const SEARCH_PATH: &str = "/milvus.proto.milvus.MilvusService/Search";
+const QUERY_PATH: &str = "/milvus.proto.milvus.MilvusService/Query";
+
+/// The lean transport for the load's calls (see `grpc.rs`), when the target is plain HTTP/2
+/// with an explicit port; `STAMPEDE_TRANSPORT=tonic` keeps every call on tonic. Failing to open
+/// it is not an error: the calls then go through tonic.
+async fn connect_fast(
+    target: &Target,
+    interceptor: &MetadataInterceptor,
+    connect_timeout: Duration,
+) -> Option<Arc<FastChannel>> {
+    if target.tls || std::env::var("STAMPEDE_TRANSPORT").is_ok_and(|v| v.trim() == "tonic") {
+        return None;
+    }
+    let authority = target.uri.strip_prefix("http://")?;
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    if !has_port {
+        return None;
+    }
+    let mut metadata = http::HeaderMap::new();
+    for (key, value) in interceptor.headers.iter() {
+        let name = http::HeaderName::from_bytes(key.as_str().as_bytes()).ok()?;
+        let mut value = http::HeaderValue::from_bytes(value.as_encoded_bytes()).ok()?;
+        value.set_sensitive(true);
+        metadata.insert(name, value);
+    }
+    match FastChannel::connect(authority, metadata, MAX_MESSAGE_BYTES, connect_timeout).await {
+        Ok(fast) => Some(fast),
+        Err(status) => {
+            tracing::debug!(%authority, error = %status.message(), "no lean HTTP/2 connection; searches use tonic");
+            None
+        }
+    }
 }
 
 fn normalise_database(database: &str) -> String {
@@ -1555,11 +1614,12 @@ impl MilvusClient {
         let interceptor = MetadataInterceptor::new(opts.credentials.as_ref(), &database, None)?;
         let mut client = MilvusClient {
             grpc: make_grpc(channel.clone(), interceptor),
+            fast: None,
+            // The handshake calls belong to connecting, so the connect timeout bounds them.
+            request_timeout: opts.connect_timeout,
             shared: Arc::new(Shared {
                 address: address.clone(),
                 database: database.clone(),
-                // The handshake calls belong to connecting, so the connect timeout bounds them.
-                request_timeout: opts.connect_timeout,
                 retry: opts.retry,
                 server_version: String::new(),
                 identifier: 0,
@@ -1641,11 +1701,12 @@ impl MilvusClient {
 
         let interceptor =
             MetadataInterceptor::new(opts.credentials.as_ref(), &database, Some(identifier))?;
+        client.fast = connect_fast(&target, &interceptor, opts.connect_timeout).await;
         client.grpc = make_grpc(channel, interceptor);
+        client.request_timeout = opts.request_timeout;
         client.shared = Arc::new(Shared {
             address,
             database,
-            request_timeout: opts.request_timeout,
             retry: opts.retry,
             server_version: version,
             identifier,
@@ -1671,6 +1732,14 @@ impl MilvusClient {
         self.shared.identifier
     }
 
+    /// This client with another limit on the time one call may take (the same connection).
+    pub fn with_request_timeout(&self, timeout: Duration) -> MilvusClient {
+        MilvusClient {
+            request_timeout: timeout,
+            ..self.clone()
+        }
+    }
+
     /// The address connected to.
     pub fn address(&self) -> &str {
         &self.shared.address
@@ -1689,11 +1758,59 @@ impl MilvusClient {
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
         Resp: WithStatus,
     {
-        let timeout = self.shared.request_timeout;
+        let timeout = self.request_timeout;
         let mut request = tonic::Request::new(request);
         // Tells the server to give up too, so an abandoned call does not keep working there.
         request.set_timeout(timeout);
-        let response = match tokio::time::timeout(timeout, rpc(self.grpc.clone(), request)).await {
+        let grpc = self.grpc.clone();
+        self.finish(method, collection, async move {
+            rpc(grpc, request).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// A call of the load's hot path: over the lean transport when there is one, else tonic.
+    async fn call_hot<Req, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        path: &'static str,
+        collection: &str,
+        request: Req,
+        rpc: F,
+    ) -> Result<Resp, MilvusError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default + WithStatus,
+        F: FnOnce(Grpc, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        match &self.fast {
+            Some(fast) => {
+                let timeout = self.request_timeout;
+                self.finish(
+                    method,
+                    Some(collection),
+                    fast.unary(path, &request, timeout),
+                )
+                .await
+            }
+            None => self.call(method, Some(collection), request, rpc).await,
+        }
+    }
+
+    /// Bounds a call by the request timeout, converts its gRPC error and checks its status.
+    async fn finish<Resp, Fut>(
+        &self,
+        method: &'static str,
+        collection: Option<&str>,
+        call: Fut,
+    ) -> Result<Resp, MilvusError>
+    where
+        Fut: Future<Output = Result<Resp, tonic::Status>>,
+        Resp: WithStatus,
+    {
+        let timeout = self.request_timeout;
+        let response = match tokio::time::timeout(timeout, call).await {
             Err(_) => {
                 return Err(MilvusError::Timeout {
                     method,
@@ -1701,7 +1818,7 @@ impl MilvusClient {
                 });
             }
             Ok(Err(status)) => return Err(MilvusError::from_grpc(method, status, timeout)),
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(response)) => response,
         };
         check_status(method, collection, response.status())?;
         Ok(response)
@@ -2219,7 +2336,7 @@ impl MilvusClient {
         &self,
         mut request: tonic::Request<pbm::DescribeIndexRequest>,
     ) -> Result<pbm::DescribeIndexResponse, MilvusError> {
-        let timeout = self.shared.request_timeout;
+        let timeout = self.request_timeout;
         request.set_timeout(timeout);
         let mut grpc = self.grpc.clone();
         match tokio::time::timeout(timeout, grpc.describe_index(request)).await {
@@ -2389,36 +2506,35 @@ impl MilvusClient {
             )));
         }
         let nq = vectors.len() / dim;
-        let request = pbm::SearchRequest {
-            base: None,
-            db_name: self.db(),
-            collection_name: t.collection.clone(),
-            partition_names: Vec::new(),
-            dsl: filter.unwrap_or_default().to_string(),
-            placeholder_group: encode_placeholder_group(vectors, dim),
-            dsl_type: pbc::DslType::BoolExprV1 as i32,
-            output_fields: t.output_fields.clone(),
-            search_params: t.search_params.clone(),
-            travel_timestamp: 0,
-            guarantee_timestamp: self.guarantee_timestamp(&t.collection, t.consistency),
-            nq: nq as i64,
-            not_return_all_meta: false,
-            consistency_level: t.consistency.to_proto() as i32,
-            use_default_consistency: false,
+        let guarantee = self.guarantee_timestamp(&t.collection, t.consistency);
+        let resp: pbm::SearchResults = match &self.fast {
+            Some(fast) => {
+                let body = encode_search(&self.shared.database, t, vectors, dim, filter, guarantee);
+                let timeout = self.request_timeout;
+                self.finish(
+                    "Search",
+                    Some(&t.collection),
+                    fast.unary_framed(SEARCH_PATH, body, timeout),
+                )
+                .await?
+            }
+            None => {
+                let request =
+                    search_request(&self.shared.database, t, vectors, dim, filter, guarantee);
+                self.call(
+                    "Search",
+                    Some(&t.collection),
+                    request,
+                    |mut c, r| async move { c.search(r).await },
+                )
+                .await?
+            }
         };
-        let resp = self
-            .call(
-                "Search",
-                Some(&t.collection),
-                request,
-                |mut c, r| async move { c.search(r).await },
-            )
-            .await?;
         split_search_results(nq, resp.results)
     }
 
     /// Rows matching `expr` (may be empty together with a limit, or with `count(*)`), with the
-    /// given output fields.
+    /// given output fields. Retried on transient errors.
     pub async fn query(
         &self,
         name: &str,
@@ -2427,39 +2543,71 @@ impl MilvusClient {
         limit: Option<u64>,
         consistency: ConsistencyLevel,
     ) -> Result<QueryRows, MilvusError> {
-        let mut query_params = Vec::new();
-        if let Some(limit) = limit {
-            query_params.push(kv("limit", limit.to_string()));
-        }
         let resp = self
             .call_retrying(
                 "Query",
                 Some(name),
-                || pbm::QueryRequest {
-                    base: None,
-                    db_name: self.db(),
-                    collection_name: name.to_string(),
-                    expr: expr.to_string(),
-                    output_fields: output_fields.to_vec(),
-                    partition_names: Vec::new(),
-                    travel_timestamp: 0,
-                    guarantee_timestamp: self.guarantee_timestamp(name, consistency),
-                    query_params: query_params.clone(),
-                    not_return_all_meta: false,
-                    consistency_level: consistency.to_proto() as i32,
-                    use_default_consistency: false,
-                },
+                || self.query_request(name, expr, output_fields, limit, consistency),
                 |mut c, r| async move { c.query(r).await },
             )
             .await?;
-        let columns: Vec<Column> = resp
-            .fields_data
-            .into_iter()
-            .filter_map(Column::from_field_data)
-            .collect();
-        let rows = columns.iter().map(Column::len).max().unwrap_or(0);
-        Ok(QueryRows { columns, rows })
+        Ok(query_rows(resp))
     }
+
+    /// [`Self::query`] once, without retries, as the load issues it: the caller counts failures.
+    pub async fn query_once(
+        &self,
+        name: &str,
+        expr: &str,
+        output_fields: &[String],
+        limit: Option<u64>,
+        consistency: ConsistencyLevel,
+    ) -> Result<QueryRows, MilvusError> {
+        let request = self.query_request(name, expr, output_fields, limit, consistency);
+        let resp: pbm::QueryResults = self
+            .call_hot("Query", QUERY_PATH, name, request, |mut c, r| async move {
+                c.query(r).await
+            })
+            .await?;
+        Ok(query_rows(resp))
+    }
+
+    fn query_request(
+        &self,
+        name: &str,
+        expr: &str,
+        output_fields: &[String],
+        limit: Option<u64>,
+        consistency: ConsistencyLevel,
+    ) -> pbm::QueryRequest {
+        pbm::QueryRequest {
+            base: None,
+            db_name: self.db(),
+            collection_name: name.to_string(),
+            expr: expr.to_string(),
+            output_fields: output_fields.to_vec(),
+            partition_names: Vec::new(),
+            travel_timestamp: 0,
+            guarantee_timestamp: self.guarantee_timestamp(name, consistency),
+            query_params: limit
+                .map(|limit| kv("limit", limit.to_string()))
+                .into_iter()
+                .collect(),
+            not_return_all_meta: false,
+            consistency_level: consistency.to_proto() as i32,
+            use_default_consistency: false,
+        }
+    }
+}
+
+fn query_rows(resp: pbm::QueryResults) -> QueryRows {
+    let columns: Vec<Column> = resp
+        .fields_data
+        .into_iter()
+        .filter_map(Column::from_field_data)
+        .collect();
+    let rows = columns.iter().map(Column::len).max().unwrap_or(0);
+    QueryRows { columns, rows }
 }
 
 /// The host name sent in ClientInfo (Milvus only displays it).
@@ -2515,26 +2663,120 @@ fn index_info_from_params(
 
 /// Encodes `common.PlaceholderGroup{placeholders: [{tag: "$0", type: FloatVector, values: one
 /// little-endian f32 blob per query}]}` straight into one buffer.
-fn encode_placeholder_group(vectors: &[f32], dim: usize) -> Vec<u8> {
+/// The SearchRequest of a search (for tonic).
+fn search_request(
+    database: &str,
+    t: &SearchTemplate,
+    vectors: &[f32],
+    dim: usize,
+    filter: Option<&str>,
+    guarantee_timestamp: u64,
+) -> pbm::SearchRequest {
+    let mut placeholder_group = Vec::new();
+    write_placeholder_group(vectors, dim, &mut placeholder_group);
+    pbm::SearchRequest {
+        base: None,
+        db_name: database.to_string(),
+        collection_name: t.collection.clone(),
+        partition_names: Vec::new(),
+        dsl: filter.unwrap_or_default().to_string(),
+        placeholder_group,
+        dsl_type: pbc::DslType::BoolExprV1 as i32,
+        output_fields: t.output_fields.clone(),
+        search_params: t.search_params.clone(),
+        travel_timestamp: 0,
+        guarantee_timestamp,
+        nq: (vectors.len() / dim.max(1)) as i64,
+        not_return_all_meta: false,
+        consistency_level: t.consistency.to_proto() as i32,
+        use_default_consistency: false,
+    }
+}
+
+/// The same request as [`search_request`], framed for gRPC (5-byte prefix) in one buffer: the
+/// template's pre-encoded constant fields, then this request's own. Protobuf readers accept
+/// fields in any order, so nothing but the vectors and the filter is encoded per request.
+fn encode_search(
+    database: &str,
+    t: &SearchTemplate,
+    vectors: &[f32],
+    dim: usize,
+    filter: Option<&str>,
+    guarantee_timestamp: u64,
+) -> bytes::Bytes {
+    use bytes::BufMut;
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let group_len = placeholder_group_len(vectors, dim);
+    let filter = filter.filter(|f| !f.is_empty());
+    let mut buf = bytes::BytesMut::with_capacity(
+        5 + 32 + database.len() + t.encoded.len() + filter.map_or(0, str::len) + group_len,
+    );
+    buf.put_bytes(0, 5);
+    let string = |tag: u32, value: &str, buf: &mut bytes::BytesMut| {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
+    };
+    if !database.is_empty() {
+        string(2, database, &mut buf);
+    }
+    buf.put_slice(&t.encoded);
+    if let Some(filter) = filter {
+        string(5, filter, &mut buf);
+    }
+    encode_key(6, WireType::LengthDelimited, &mut buf);
+    encode_varint(group_len as u64, &mut buf);
+    write_placeholder_group(vectors, dim, &mut buf);
+    if guarantee_timestamp != 0 {
+        encode_key(11, WireType::Varint, &mut buf);
+        encode_varint(guarantee_timestamp, &mut buf);
+    }
+    let nq = (vectors.len() / dim.max(1)) as u64;
+    if nq != 0 {
+        encode_key(12, WireType::Varint, &mut buf);
+        encode_varint(nq, &mut buf);
+    }
+    let len = (buf.len() - 5) as u32;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+/// The encoded length of [`write_placeholder_group`]'s output.
+fn placeholder_group_len(vectors: &[f32], dim: usize) -> usize {
+    use prost::encoding::encoded_len_varint;
+    let vector_bytes = dim * 4;
+    let nq = vectors.len() / dim.max(1);
+    let values_len = nq * (1 + encoded_len_varint(vector_bytes as u64) + vector_bytes);
+    let value_len = 4 + 2 + values_len;
+    1 + encoded_len_varint(value_len as u64) + value_len
+}
+
+/// Writes the PlaceholderGroup of float vectors (`nq × dim`, row-major) Milvus expects.
+fn write_placeholder_group(vectors: &[f32], dim: usize, buf: &mut impl bytes::BufMut) {
     use prost::encoding::{encode_varint, encoded_len_varint};
     let vector_bytes = dim * 4;
     let nq = vectors.len() / dim.max(1);
     // PlaceholderValue: tag (field 1) "$0", type (field 2) = 101, values (field 3) × nq.
     let values_len = nq * (1 + encoded_len_varint(vector_bytes as u64) + vector_bytes);
     let value_len = 4 + 2 + values_len;
-    let mut buf = Vec::with_capacity(1 + encoded_len_varint(value_len as u64) + value_len);
-    buf.push(0x0a); // PlaceholderGroup.placeholders, length-delimited
-    encode_varint(value_len as u64, &mut buf);
-    buf.extend_from_slice(&[0x0a, 0x02, b'$', b'0']); // tag = "$0"
-    buf.push(0x10); // type, varint
-    buf.push(pbc::PlaceholderType::FloatVector as u8); // 101 fits one varint byte
+    buf.put_u8(0x0a); // PlaceholderGroup.placeholders, length-delimited
+    encode_varint(value_len as u64, buf);
+    buf.put_slice(&[0x0a, 0x02, b'$', b'0']); // tag = "$0"
+    buf.put_u8(0x10); // type, varint
+    buf.put_u8(pbc::PlaceholderType::FloatVector as u8); // 101 fits one varint byte
     for vector in vectors.chunks_exact(dim.max(1)) {
-        buf.push(0x1a); // values, length-delimited
-        encode_varint(vector_bytes as u64, &mut buf);
+        buf.put_u8(0x1a); // values, length-delimited
+        encode_varint(vector_bytes as u64, buf);
         for x in vector {
-            buf.extend_from_slice(&x.to_le_bytes());
+            buf.put_f32_le(*x);
         }
     }
+}
+
+#[cfg(test)]
+fn encode_placeholder_group(vectors: &[f32], dim: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(placeholder_group_len(vectors, dim));
+    write_placeholder_group(vectors, dim, &mut buf);
     buf
 }
 
@@ -2723,6 +2965,42 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(encode_placeholder_group(&vectors, dim), expected);
+    }
+
+    #[test]
+    fn the_pre_encoded_search_decodes_to_the_request_tonic_sends() {
+        let params = serde_json::json!({"ef": 64}).as_object().cloned().unwrap();
+        let t = SearchTemplate::new(
+            "books",
+            "embedding",
+            "L2",
+            10,
+            &params,
+            vec!["category".into(), "price".into()],
+            ConsistencyLevel::Bounded,
+        );
+        let vectors: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+        for (database, filter, guarantee, dim) in [
+            ("", None, 0, 4),
+            ("shop", Some("category == \"A\""), 2, 4),
+            ("", Some(""), u64::MAX, 12),
+            ("db_1", None, 449_000_000_000_000_000, 3),
+        ] {
+            let framed = encode_search(database, &t, &vectors, dim, filter, guarantee);
+            assert_eq!(framed[0], 0);
+            let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+            assert_eq!(len, framed.len() - 5);
+            let decoded = pbm::SearchRequest::decode(&framed[5..]).unwrap();
+            let expected = search_request(database, &t, &vectors, dim, filter, guarantee);
+            assert_eq!(
+                decoded, expected,
+                "database {database:?}, filter {filter:?}"
+            );
+            assert_eq!(
+                placeholder_group_len(&vectors, dim),
+                expected.placeholder_group.len()
+            );
+        }
     }
 
     #[test]
