@@ -52,8 +52,9 @@ struct Connection {
 }
 
 impl FastChannel {
-    /// Connects to `address` (`host:port`, no scheme), within `connect_timeout`.
-    pub async fn connect(
+    /// A channel to `address` (`host:port`, no scheme) that connects on its first call (or
+    /// [`Self::ready`]), each connection attempt bounded by `connect_timeout`.
+    pub fn new(
         address: &str,
         metadata: HeaderMap,
         max_message_bytes: usize,
@@ -62,7 +63,7 @@ impl FastChannel {
         let authority: Authority = address.parse().map_err(|e| {
             Status::invalid_argument(format!("`{address}` is not a host:port address: {e}"))
         })?;
-        let channel = Arc::new(FastChannel {
+        Ok(Arc::new(FastChannel {
             authority,
             address: address.to_string(),
             metadata,
@@ -71,9 +72,24 @@ impl FastChannel {
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
-        });
-        channel.connection().await?;
+        }))
+    }
+
+    /// [`Self::new`] and connected now.
+    pub async fn connect(
+        address: &str,
+        metadata: HeaderMap,
+        max_message_bytes: usize,
+        connect_timeout: Duration,
+    ) -> Result<Arc<FastChannel>, Status> {
+        let channel = Self::new(address, metadata, max_message_bytes, connect_timeout)?;
+        channel.ready().await?;
         Ok(channel)
+    }
+
+    /// Opens the connection if there is none yet, so the first call does not pay for it.
+    pub async fn ready(&self) -> Result<(), Status> {
+        self.connection().await.map(|_| ())
     }
 
     /// The live connection, opening a new one when there is none or the last one closed.

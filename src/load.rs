@@ -388,6 +388,7 @@ pub async fn run_shard(
     // The client bounds every call by the workload's request timeout (a timeout is a failure of
     // kind `timeout`), so a request carries one timer, not two.
     let client = client.with_request_timeout(plan.request_timeout);
+    client.warm_up().await;
     tokio::time::sleep_until(start.into()).await;
     let sampler = tokio::spawn(sample_loop(
         Arc::clone(&recorder),

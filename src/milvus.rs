@@ -1510,9 +1510,10 @@ const SEARCH_PATH: &str = "/milvus.proto.milvus.MilvusService/Search";
 const QUERY_PATH: &str = "/milvus.proto.milvus.MilvusService/Query";
 
 /// The lean transport for the load's calls (see `grpc.rs`), when the target is plain HTTP/2
-/// with an explicit port; `STAMPEDE_TRANSPORT=tonic` keeps every call on tonic. Failing to open
-/// it is not an error: the calls then go through tonic.
-async fn connect_fast(
+/// with an explicit port; `STAMPEDE_TRANSPORT=tonic` keeps every call on tonic. It connects on
+/// first use (or [`MilvusClient::warm_up`]), so clients that never search open no second
+/// connection.
+fn lean_channel(
     target: &Target,
     interceptor: &MetadataInterceptor,
     connect_timeout: Duration,
@@ -1534,13 +1535,7 @@ async fn connect_fast(
         value.set_sensitive(true);
         metadata.insert(name, value);
     }
-    match FastChannel::connect(authority, metadata, MAX_MESSAGE_BYTES, connect_timeout).await {
-        Ok(fast) => Some(fast),
-        Err(status) => {
-            tracing::debug!(%authority, error = %status.message(), "no lean HTTP/2 connection; searches use tonic");
-            None
-        }
-    }
+    FastChannel::new(authority, metadata, MAX_MESSAGE_BYTES, connect_timeout).ok()
 }
 
 fn normalise_database(database: &str) -> String {
@@ -1701,7 +1696,7 @@ impl MilvusClient {
 
         let interceptor =
             MetadataInterceptor::new(opts.credentials.as_ref(), &database, Some(identifier))?;
-        client.fast = connect_fast(&target, &interceptor, opts.connect_timeout).await;
+        client.fast = lean_channel(&target, &interceptor, opts.connect_timeout);
         client.grpc = make_grpc(channel, interceptor);
         client.request_timeout = opts.request_timeout;
         client.shared = Arc::new(Shared {
@@ -1730,6 +1725,16 @@ impl MilvusClient {
     /// The identifier the server gave this connection (0 if the server has no Connect call).
     pub fn identifier(&self) -> i64 {
         self.shared.identifier
+    }
+
+    /// Opens the connection of the load's calls now, so the first measured request does not
+    /// pay for it. A failure is only logged: the first call tries again and reports it.
+    pub async fn warm_up(&self) {
+        if let Some(fast) = &self.fast
+            && let Err(status) = fast.ready().await
+        {
+            tracing::warn!(address = %self.shared.address, error = %status.message(), "cannot open the connection for the load's requests yet");
+        }
     }
 
     /// This client with another limit on the time one call may take (the same connection).
