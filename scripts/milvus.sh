@@ -7,14 +7,14 @@
 #   scripts/milvus.sh stop      stop the server started by `start` and delete its data
 #   scripts/milvus.sh status    say whether it runs and answers
 #
-# Environment: STAMPEDE_VENV (default .venv), MILVUS_PORT (19530), MILVUS_START_TIMEOUT (120 s).
+# Environment: STAMPEDE_VENV (default .venv), MILVUS_PORT (19530), MILVUS_START_TIMEOUT (300 s).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${STAMPEDE_VENV:-$root/.venv}
 state=$root/.milvus
 port=${MILVUS_PORT:-19530}
-timeout=${MILVUS_START_TIMEOUT:-120}
+timeout=${MILVUS_START_TIMEOUT:-300}
 milvus_version=2.3.5
 pymilvus_version=2.5.18
 
@@ -85,7 +85,8 @@ start() {
       exit 1
     fi
     if [ "$waited" -ge "$timeout" ]; then
-      log "Milvus did not answer /healthz within ${timeout}s; see $state/server.log"
+      log "Milvus did not answer /healthz within ${timeout}s; last lines of $state/server.log:"
+      tail -n 20 "$state/server.log" >&2
       stop
       exit 1
     fi
