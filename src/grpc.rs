@@ -186,11 +186,13 @@ impl FastChannel {
     where
         Resp: prost::Message + Default,
     {
-        let conn = self.connection().await?;
-        match self.exchange(&conn, path, body, timeout).await {
+        let Connection {
+            generation, send, ..
+        } = self.connection().await?;
+        match self.exchange(send, path, body, timeout).await {
             Ok(bytes) => decode_message(bytes, self.max_message_bytes),
             Err(Failure::Connection(status)) => {
-                self.discard(conn.generation);
+                self.discard(generation);
                 Err(status)
             }
             Err(Failure::Call(status)) => Err(status),
@@ -199,7 +201,7 @@ impl FastChannel {
 
     async fn exchange(
         &self,
-        conn: &Connection,
+        send: SendRequest<Bytes>,
         path: &'static str,
         body: Bytes,
         timeout: Duration,
@@ -222,9 +224,7 @@ impl FastChannel {
             headers.insert(k.clone(), v.clone());
         }
 
-        let mut send = conn
-            .send
-            .clone()
+        let mut send = send
             .ready()
             .await
             .map_err(|e| Failure::Connection(h2_status(&e)))?;

@@ -2748,22 +2748,23 @@ fn encode_search(
 
 /// The encoded length of [`write_placeholder_group`]'s output.
 fn placeholder_group_len(vectors: &[f32], dim: usize) -> usize {
-    use prost::encoding::encoded_len_varint;
+    let value_len = placeholder_value_len(vectors, dim);
+    1 + prost::encoding::encoded_len_varint(value_len as u64) + value_len
+}
+
+/// The length of the one PlaceholderValue: tag (field 1) "$0", type (field 2) = 101, values
+/// (field 3) × nq.
+fn placeholder_value_len(vectors: &[f32], dim: usize) -> usize {
     let vector_bytes = dim * 4;
     let nq = vectors.len() / dim.max(1);
-    let values_len = nq * (1 + encoded_len_varint(vector_bytes as u64) + vector_bytes);
-    let value_len = 4 + 2 + values_len;
-    1 + encoded_len_varint(value_len as u64) + value_len
+    4 + 2 + nq * (1 + prost::encoding::encoded_len_varint(vector_bytes as u64) + vector_bytes)
 }
 
 /// Writes the PlaceholderGroup of float vectors (`nq × dim`, row-major) Milvus expects.
 fn write_placeholder_group(vectors: &[f32], dim: usize, buf: &mut impl bytes::BufMut) {
-    use prost::encoding::{encode_varint, encoded_len_varint};
+    use prost::encoding::encode_varint;
     let vector_bytes = dim * 4;
-    let nq = vectors.len() / dim.max(1);
-    // PlaceholderValue: tag (field 1) "$0", type (field 2) = 101, values (field 3) × nq.
-    let values_len = nq * (1 + encoded_len_varint(vector_bytes as u64) + vector_bytes);
-    let value_len = 4 + 2 + values_len;
+    let value_len = placeholder_value_len(vectors, dim);
     buf.put_u8(0x0a); // PlaceholderGroup.placeholders, length-delimited
     encode_varint(value_len as u64, buf);
     buf.put_slice(&[0x0a, 0x02, b'$', b'0']); // tag = "$0"
