@@ -45,6 +45,23 @@ except Exception:
 PY
 }
 
+# Whether every given port on 127.0.0.1 can be bound the way milvus-server tries it (no
+# SO_REUSEADDR). A stopped server leaves its connections in TIME_WAIT for ~60 s, and while it does
+# milvus-server silently moves /healthz and /metrics from 9091 to the next free port.
+ports_free() {
+  python3 - "$@" <<'PY' 2>/dev/null
+import socket, sys
+for port in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", int(port)))
+    except OSError:
+        sys.exit(1)
+    finally:
+        s.close()
+PY
+}
+
 running_pid() {
   [ -f "$state/pid" ] || return 1
   local pid
@@ -65,6 +82,20 @@ start() {
     log "a Milvus already answers on 127.0.0.1:9091 that this script did not start; stop it first"
     exit 1
   fi
+  local waited=0
+  until ports_free 9091 "$port"; do
+    if [ "$waited" -ge 120 ]; then
+      log "127.0.0.1:9091 or 127.0.0.1:$port is still in use after ${waited}s; what listens there:"
+      ss -ltnp 2>/dev/null | grep -E ":(9091|$port) " >&2 || true
+      log "stop that process (or wait for its closed connections to expire) and start again"
+      exit 1
+    fi
+    if [ "$waited" = 0 ]; then
+      log "waiting for ports 9091 and $port to be free (a server stopped less than a minute ago leaves them in TIME_WAIT)"
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
   mkdir -p "$state"
   data=$(mktemp -d "${TMPDIR:-/tmp}/stampede-milvus.XXXXXX")
   echo "$data" > "$state/data"
@@ -77,7 +108,7 @@ start() {
   setsid "$venv/bin/milvus-server" --data "$data" --proxy-port "$port" "${extra[@]}" \
     > "$state/server.log" 2>&1 < /dev/null &
   echo $! > "$state/pid"
-  local waited=0
+  waited=0
   until healthy; do
     if ! running_pid >/dev/null; then
       log "Milvus exited during start; last lines of $state/server.log:"
