@@ -326,6 +326,10 @@ impl Recorder {
             // Completions arrive in time order except for lock races of a few µs; a late one
             // joins the newest second rather than reopening an old one.
             if seconds.last().is_none_or(|s| s.second < second) {
+                // The newest second is finished: keep only its non-empty buckets.
+                if let Some(done) = seconds.last_mut() {
+                    done.window.compact();
+                }
                 seconds.push(SecondSample {
                     second,
                     stage: pos.stage,
@@ -856,6 +860,31 @@ mod tests {
         );
         assert_eq!((0..4).map(|i| share(2, i, 4)).sum::<u32>(), 2);
         assert_eq!(share(5, 0, 0), 5);
+    }
+
+    #[test]
+    fn a_recorder_keeps_finished_seconds_compact_and_the_current_one_dense() {
+        let t0 = Instant::now();
+        let r = Recorder::new(0, 1, 1, t0);
+        r.set_position(0, true);
+        let record = |at: Instant, us: u64| {
+            r.with_windows(at, "search", |w, op| w.op_mut(op).record_success(us, 1));
+        };
+        for (second, us) in [(0, 900), (0, 1_500), (1, 2_000), (2, 40_000), (2, 41_000)] {
+            record(t0 + Duration::from_millis(second * 1000 + 10), us);
+        }
+        let snap = r.snapshot();
+        let latency = |i: usize| &snap.seconds[i].window.ops[ALL_OPS].latency;
+        assert_eq!(snap.seconds.len(), 3);
+        assert!(latency(0).is_compact() && latency(1).is_compact());
+        assert!(!latency(2).is_compact());
+        assert_eq!(
+            (latency(0).count(), latency(1).count(), latency(2).count()),
+            (2, 1, 2)
+        );
+        assert_eq!(latency(0).max_us(), 1_500);
+        // The stage window is still recorded into, and holds everything.
+        assert_eq!(snap.stages[0].steady.ops["search"].latency.count(), 5);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -49,11 +50,81 @@ pub enum MetricsError {
 /// clamped to one hour and still counted).
 ///
 /// Storage grows with the largest latency recorded and nothing is allocated before the first
-/// one: a run keeps a window per operation per second, and a fixed 1-hour range would cost
-/// ~190 KB per histogram even when empty (most failure histograms are).
+/// one. A histogram that is finished (a past second of the timeline, a decoded snapshot) can be
+/// [`compact`](Self::compact)ed to its non-empty buckets: a run keeps one window per second, and
+/// HdrHistogram's dense counts of a second whose latencies reach 100 ms take ~64 KB, so a 1-hour
+/// test would hold gigabytes (the controller one copy per worker). Every read gives the same
+/// answer in either form, and recording or merging into a compacted histogram makes it dense
+/// again.
 #[derive(Clone, Debug, Default)]
 pub struct LatencyHistogram {
-    inner: Option<Histogram<u64>>,
+    store: Store,
+}
+
+#[derive(Clone, Debug, Default)]
+enum Store {
+    #[default]
+    Empty,
+    /// HdrHistogram's counts, for recording and merging into.
+    Dense(Histogram<u64>),
+    /// The non-empty buckets only, for keeping.
+    Sparse(SparseBuckets),
+}
+
+/// Non-empty buckets as (highest equivalent value, count), in value order, with their total.
+#[derive(Clone, Debug)]
+struct SparseBuckets {
+    buckets: Box<[(u64, u64)]>,
+    count: u64,
+}
+
+/// Bucket arithmetic (lowest/highest/median equivalent values). It depends only on the lowest
+/// value and the digits, which every histogram here shares, not on a histogram's range.
+static LAYOUT: LazyLock<Histogram<u64>> = LazyLock::new(growing_histogram);
+
+impl SparseBuckets {
+    fn of(h: &Histogram<u64>) -> Self {
+        SparseBuckets {
+            buckets: h
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            count: h.len(),
+        }
+    }
+
+    /// Adds every bucket into `target` (exact: a bucket's value records into that bucket).
+    fn add_to(&self, target: &mut Histogram<u64>) {
+        for &(value, count) in self.buckets.iter() {
+            record_clamped(target, value, count);
+        }
+    }
+
+    /// As [`Histogram::value_at_quantile`] computes it over the same buckets.
+    fn value_at_quantile(&self, q: f64) -> u64 {
+        let target = ((q * self.count as f64).ceil() as u64).max(1);
+        let mut total = 0u64;
+        let mut last = 0;
+        for &(value, count) in self.buckets.iter() {
+            total = total.saturating_add(count);
+            last = value;
+            if total >= target {
+                break;
+            }
+        }
+        if q == 0.0 {
+            LAYOUT.lowest_equivalent(last)
+        } else {
+            LAYOUT.highest_equivalent(last)
+        }
+    }
+
+    /// As [`Histogram::mean`] computes it (same terms, same order: bit-identical).
+    fn mean(&self) -> f64 {
+        self.buckets.iter().fold(0.0_f64, |total, &(value, count)| {
+            total + LAYOUT.median_equivalent(value) as f64 * count as f64 / self.count as f64
+        })
+    }
 }
 
 /// A fresh, small histogram that grows to the values recorded into it.
@@ -97,13 +168,44 @@ fn add_clamped(target: &mut Histogram<u64>, source: &Histogram<u64>) {
 impl LatencyHistogram {
     /// An empty histogram (allocates nothing until the first record).
     pub fn new() -> Self {
-        LatencyHistogram { inner: None }
+        LatencyHistogram {
+            store: Store::Empty,
+        }
+    }
+
+    /// The dense form of whatever is recorded (a fresh histogram when empty), leaving `self`
+    /// empty; the caller puts it back.
+    fn take_dense(&mut self) -> Histogram<u64> {
+        match std::mem::take(&mut self.store) {
+            Store::Dense(h) => h,
+            Store::Empty => growing_histogram(),
+            Store::Sparse(s) => {
+                let mut h = growing_histogram();
+                s.add_to(&mut h);
+                h
+            }
+        }
+    }
+
+    /// Adds everything recorded here into `target`.
+    fn add_to(&self, target: &mut Histogram<u64>) {
+        match &self.store {
+            Store::Empty => {}
+            Store::Dense(h) => add_clamped(target, h),
+            Store::Sparse(s) => s.add_to(target),
+        }
     }
 
     /// Records one latency in µs. 0 is recorded as 0 (a sub-microsecond completion has its own
     /// bucket below the 1 µs resolution); values above one hour are clamped to one hour.
     pub fn record_us(&mut self, us: u64) {
-        record_clamped(self.inner.get_or_insert_with(growing_histogram), us, 1);
+        if let Store::Dense(h) = &mut self.store {
+            record_clamped(h, us, 1);
+            return;
+        }
+        let mut h = self.take_dense();
+        record_clamped(&mut h, us, 1);
+        self.store = Store::Dense(h);
     }
 
     /// Records one latency, truncated to whole microseconds.
@@ -114,66 +216,121 @@ impl LatencyHistogram {
 
     /// Adds every count of `other` (exact: bucket counts add up).
     pub fn merge(&mut self, other: &LatencyHistogram) {
-        let Some(theirs) = other.inner.as_ref().filter(|h| !h.is_empty()) else {
+        if other.count() == 0 {
             return;
-        };
-        match &mut self.inner {
-            Some(mine) => add_clamped(mine, theirs),
-            None => {
+        }
+        match &mut self.store {
+            Store::Dense(mine) => other.add_to(mine),
+            Store::Empty => {
                 let mut mine = growing_histogram();
-                add_clamped(&mut mine, theirs);
-                self.inner = Some(mine);
+                other.add_to(&mut mine);
+                self.store = Store::Dense(mine);
+            }
+            Store::Sparse(_) => {
+                let mut mine = self.take_dense();
+                other.add_to(&mut mine);
+                self.store = Store::Dense(mine);
             }
         }
     }
 
-    /// (bucket value, count) of every non-empty bucket, in value order.
-    fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.recorded()
-            .into_iter()
-            .flat_map(|h| h.iter_recorded())
-            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    /// Keeps only the non-empty buckets (see the type's documentation): for a histogram that
+    /// is finished. Reads answer the same; a later record or merge makes it dense again.
+    pub fn compact(&mut self) {
+        if let Store::Dense(h) = &self.store {
+            self.store = if h.is_empty() {
+                Store::Empty
+            } else {
+                Store::Sparse(SparseBuckets::of(h))
+            };
+        }
     }
 
-    /// The recorded histogram, if anything was recorded.
-    fn recorded(&self) -> Option<&Histogram<u64>> {
-        self.inner.as_ref().filter(|h| !h.is_empty())
+    /// Whether the histogram is in its compact form (or empty).
+    pub fn is_compact(&self) -> bool {
+        !matches!(self.store, Store::Dense(_))
+    }
+
+    /// (bucket value, count) of every non-empty bucket, in value order.
+    fn buckets(&self) -> Box<dyn Iterator<Item = (u64, u64)> + '_> {
+        match &self.store {
+            Store::Empty => Box::new(std::iter::empty()),
+            Store::Dense(h) => Box::new(
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value())),
+            ),
+            Store::Sparse(s) => Box::new(s.buckets.iter().copied()),
+        }
     }
 
     /// Number of recorded latencies.
     pub fn count(&self) -> u64 {
-        self.recorded().map_or(0, |h| h.len())
+        match &self.store {
+            Store::Empty => 0,
+            Store::Dense(h) => h.len(),
+            Store::Sparse(s) => s.count,
+        }
     }
 
     /// The latency at quantile `q` (0.0 ..= 1.0, clamped; NaN reads as 0), µs; 0 when empty.
     pub fn quantile_us(&self, q: f64) -> u64 {
         let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
-        self.recorded().map_or(0, |h| h.value_at_quantile(q))
+        match &self.store {
+            _ if self.count() == 0 => 0,
+            Store::Dense(h) => h.value_at_quantile(q),
+            Store::Sparse(s) => s.value_at_quantile(q),
+            Store::Empty => 0,
+        }
     }
 
     /// Largest recorded latency (highest value of its bucket), µs; 0 when empty.
     pub fn max_us(&self) -> u64 {
-        self.recorded().map_or(0, |h| h.max())
+        match &self.store {
+            _ if self.count() == 0 => 0,
+            Store::Dense(h) => h.max(),
+            Store::Sparse(s) => s
+                .buckets
+                .last()
+                .map_or(0, |&(v, _)| LAYOUT.highest_equivalent(v)),
+            Store::Empty => 0,
+        }
     }
 
     /// Smallest recorded latency (lowest value of its bucket), µs; 0 when empty.
     pub fn min_us(&self) -> u64 {
-        self.recorded().map_or(0, |h| h.min())
+        match &self.store {
+            _ if self.count() == 0 => 0,
+            Store::Dense(h) => h.min(),
+            Store::Sparse(s) => s
+                .buckets
+                .first()
+                .map_or(0, |&(v, _)| LAYOUT.lowest_equivalent(v)),
+            Store::Empty => 0,
+        }
     }
 
     /// Mean latency, µs; 0 when empty.
     pub fn mean_us(&self) -> f64 {
-        self.recorded().map_or(0.0, |h| h.mean())
+        match &self.store {
+            _ if self.count() == 0 => 0.0,
+            Store::Dense(h) => h.mean(),
+            Store::Sparse(s) => s.mean(),
+            Store::Empty => 0.0,
+        }
     }
 
     /// HdrHistogram V2 + DEFLATE encoding, readable by every HdrHistogram implementation.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let empty;
-        let h = match &self.inner {
-            Some(h) => h,
-            None => {
-                empty = growing_histogram();
-                &empty
+        let dense;
+        let h = match &self.store {
+            Store::Dense(h) => h,
+            Store::Empty | Store::Sparse(_) => {
+                dense = {
+                    let mut h = growing_histogram();
+                    self.add_to(&mut h);
+                    h
+                };
+                &dense
             }
         };
         let mut buf = Vec::new();
@@ -190,9 +347,10 @@ impl LatencyHistogram {
         Vec::new()
     }
 
-    /// Decodes [`to_bytes`](Self::to_bytes) output (compressed or plain V2). Empty input is an
-    /// empty histogram, as a protobuf `bytes` field left unset. Values above one hour are
-    /// clamped to it.
+    /// Decodes [`to_bytes`](Self::to_bytes) output (compressed or plain V2) into the compact
+    /// form (decoded histograms are kept, not recorded into). Empty input is an empty
+    /// histogram, as a protobuf `bytes` field left unset. Values above one hour are clamped to
+    /// it.
     pub fn from_bytes(b: &[u8]) -> Result<Self, MetricsError> {
         if b.is_empty() {
             return Ok(Self::new());
@@ -202,17 +360,20 @@ impl LatencyHistogram {
         let decoded: Histogram<u64> = Deserializer::new()
             .deserialize(&mut plain.as_slice())
             .map_err(|e| MetricsError::Histogram(e.to_string()))?;
-        let mut h = Self::new();
-        h.merge(&LatencyHistogram {
-            inner: Some(decoded),
-        });
-        Ok(h)
+        let mut h = growing_histogram();
+        add_clamped(&mut h, &decoded);
+        let mut out = LatencyHistogram {
+            store: Store::Dense(h),
+        };
+        out.compact();
+        Ok(out)
     }
 
-    /// Forgets every recorded latency (keeping the storage for reuse).
+    /// Forgets every recorded latency (a dense histogram keeps its storage for reuse).
     pub fn reset(&mut self) {
-        if let Some(h) = &mut self.inner {
-            h.reset();
+        match &mut self.store {
+            Store::Dense(h) => h.reset(),
+            _ => self.store = Store::Empty,
         }
     }
 }
@@ -458,6 +619,15 @@ impl Window {
         self.users = self.users.saturating_add(other.users);
     }
 
+    /// Compacts every histogram of the window (see [`LatencyHistogram::compact`]): for a
+    /// window that is finished, such as a past second.
+    pub fn compact(&mut self) {
+        for op in self.ops.values_mut() {
+            op.latency.compact();
+            op.failure_latency.compact();
+        }
+    }
+
     /// All operations merged into one.
     pub fn total(&self) -> OpWindow {
         let mut all = OpWindow::default();
@@ -549,7 +719,7 @@ pub struct Snapshot {
 /// (windows merged), CPU samples by second (cores summed over shards).
 pub fn merge_snapshots(snaps: &[Snapshot]) -> Snapshot {
     let mut stages: BTreeMap<usize, StageMeasurement> = BTreeMap::new();
-    let mut seconds: BTreeMap<u64, SecondSample> = BTreeMap::new();
+    let mut by_second: BTreeMap<u64, Vec<&SecondSample>> = BTreeMap::new();
     let mut cpu: BTreeMap<u64, CpuSample> = BTreeMap::new();
     // Snapshots in which each stage is present and complete: a stage a worker never reached
     // or lost is incomplete, rather than silently measured with fewer workers.
@@ -575,14 +745,7 @@ pub fn merge_snapshots(snaps: &[Snapshot]) -> Snapshot {
         }
 
         for s in &snap.seconds {
-            let merged = seconds.entry(s.second).or_insert_with(|| SecondSample {
-                second: s.second,
-                stage: s.stage,
-                window: Window::default(),
-            });
-            // Shards agree on the stage of a second except at a boundary; the later one wins.
-            merged.stage = merged.stage.max(s.stage);
-            merged.window.merge(&s.window);
+            by_second.entry(s.second).or_default().push(s);
         }
 
         for c in shard_cpu_by_second(&snap.client_cpu) {
@@ -601,11 +764,31 @@ pub fn merge_snapshots(snaps: &[Snapshot]) -> Snapshot {
     for (index, m) in &mut stages {
         m.complete = complete_in.get(index).copied().unwrap_or(0) == snaps.len();
     }
+    // One second at a time, compacted as soon as it is merged: a long test's timeline never
+    // holds dense histograms for all its seconds at once.
+    let seconds: Vec<SecondSample> = by_second
+        .into_iter()
+        .map(|(second, parts)| {
+            let mut merged = SecondSample {
+                second,
+                stage: 0,
+                window: Window::default(),
+            };
+            for s in parts {
+                // Shards agree on the stage of a second except at a boundary; the later one
+                // wins.
+                merged.stage = merged.stage.max(s.stage);
+                merged.window.merge(&s.window);
+            }
+            merged.window.compact();
+            merged
+        })
+        .collect();
     Snapshot {
         shard: 0,
         shards: u32::try_from(snaps.len()).unwrap_or(u32::MAX),
         stages: stages.into_values().collect(),
-        seconds: seconds.into_values().collect(),
+        seconds,
         client_cpu: cpu.into_values().collect(),
     }
 }
@@ -649,6 +832,18 @@ mod tests {
         0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0,
     ];
 
+    /// The histogram's dense storage (built from its buckets when compact).
+    fn dense_of(h: &LatencyHistogram) -> Histogram<u64> {
+        match &h.store {
+            Store::Dense(d) => d.clone(),
+            _ => {
+                let mut d = growing_histogram();
+                h.add_to(&mut d);
+                d
+            }
+        }
+    }
+
     /// A latency drawn from a mix of fast, slow, zero and beyond-range values.
     fn random_latency(rng: &mut SmallRng) -> u64 {
         match rng.random_range(0..10) {
@@ -674,7 +869,7 @@ mod tests {
         assert_eq!(g.low(), 1);
         assert_eq!(g.sigfig(), 3);
         let h = LatencyHistogram::new();
-        assert!(h.inner.is_none());
+        assert!(matches!(h.store, Store::Empty));
         assert_eq!(h.count(), 0);
         assert_eq!(h.quantile_us(0.5), 0);
         assert_eq!(h.max_us(), 0);
@@ -699,7 +894,7 @@ mod tests {
         );
         assert_eq!(h.max_us(), 3_600_809_983);
         // Clamped before growing: storage stops at one hour.
-        assert!(h.inner.as_ref().unwrap().high() < 2 * HIGHEST_US);
+        assert!(dense_of(&h).high() < 2 * HIGHEST_US);
         assert_eq!(h.quantile_us(f64::NAN), 0);
         assert_eq!(h.quantile_us(7.0), h.max_us());
         assert_eq!(h.quantile_us(-1.0), 0);
@@ -765,7 +960,7 @@ mod tests {
         let h = histogram_of(&[3, 40, 500, 6000]);
         let mut plain = Vec::new();
         V2Serializer::new()
-            .serialize(h.inner.as_ref().unwrap(), &mut plain)
+            .serialize(&dense_of(&h), &mut plain)
             .unwrap();
         assert_eq!(LatencyHistogram::from_bytes(&plain).unwrap(), h);
         assert_eq!(
@@ -789,7 +984,7 @@ mod tests {
             h.max_us(),
             growing_histogram().highest_equivalent(HIGHEST_US)
         );
-        assert!(h.inner.as_ref().unwrap().high() < 2 * HIGHEST_US);
+        assert!(dense_of(&h).high() < 2 * HIGHEST_US);
         // 1000 was quantised by the source's 2 digits; our 3 digits keep that bucket's value.
         assert_eq!(h.min_us(), wide.highest_equivalent(1000));
         assert_eq!(h.min_us(), 1003);
@@ -815,9 +1010,7 @@ mod tests {
         // Mutated valid encodings reach deep into the decoder: errors or clamped values only.
         let plain_of = |h: &LatencyHistogram| {
             let mut b = Vec::new();
-            V2Serializer::new()
-                .serialize(h.inner.as_ref().unwrap(), &mut b)
-                .unwrap();
+            V2Serializer::new().serialize(&dense_of(h), &mut b).unwrap();
             b
         };
         let samples: Vec<u64> = (0..500).map(|_| random_latency(&mut rng)).collect();
@@ -856,7 +1049,10 @@ mod tests {
             h.record_us(us);
         }
         // 8 × 1024 counters cover 100 ms, a third of what a fixed one-hour range needs.
-        assert_eq!(h.inner.as_ref().unwrap().distinct_values(), 8 * 1024);
+        let Store::Dense(dense) = &h.store else {
+            panic!("a histogram being recorded into is dense")
+        };
+        assert_eq!(dense.distinct_values(), 8 * 1024);
         let fixed = Histogram::<u64>::new_with_bounds(1, HIGHEST_US, 3).unwrap();
         assert_eq!(fixed.distinct_values(), 23 * 1024);
         let mut merged = LatencyHistogram::new();
@@ -864,6 +1060,92 @@ mod tests {
         merged.merge(&h);
         assert_eq!(merged.count(), 5);
         assert_eq!(merged.max_us(), h.max_us());
+    }
+
+    /// Every read of `a` and `b` agrees (bit for bit for the mean).
+    fn assert_reads_equal(a: &LatencyHistogram, b: &LatencyHistogram) {
+        assert_eq!(a.count(), b.count());
+        for q in QUANTILES {
+            assert_eq!(a.quantile_us(q), b.quantile_us(q), "quantile {q}");
+        }
+        assert_eq!(a.min_us(), b.min_us());
+        assert_eq!(a.max_us(), b.max_us());
+        assert_eq!(a.mean_us().to_bits(), b.mean_us().to_bits());
+        assert_eq!(a, b);
+        assert_eq!(
+            LatencyHistogram::from_bytes(&a.to_bytes()).unwrap(),
+            LatencyHistogram::from_bytes(&b.to_bytes()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_compacted_histogram_answers_every_read_exactly_as_the_dense_one() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        for n in [1usize, 2, 7, 100, 5_000] {
+            let samples: Vec<u64> = (0..n).map(|_| random_latency(&mut rng)).collect();
+            let dense = histogram_of(&samples);
+            let mut compact = dense.clone();
+            compact.compact();
+            assert!(compact.is_compact() && !dense.is_compact());
+            assert_reads_equal(&compact, &dense);
+        }
+        let mut only_zero = histogram_of(&[0, 0]);
+        only_zero.compact();
+        assert_eq!((only_zero.min_us(), only_zero.max_us()), (0, 0));
+        let mut empty = LatencyHistogram::new();
+        empty.compact();
+        assert_reads_equal(&empty, &LatencyHistogram::new());
+    }
+
+    #[test]
+    fn recording_and_merging_into_a_compacted_histogram_equals_the_dense_result() {
+        let mut rng = SmallRng::seed_from_u64(12);
+        let first: Vec<u64> = (0..300).map(|_| random_latency(&mut rng)).collect();
+        let second: Vec<u64> = (0..300).map(|_| random_latency(&mut rng)).collect();
+        let all: Vec<u64> = first.iter().chain(&second).copied().collect();
+
+        let mut recorded = histogram_of(&first);
+        recorded.compact();
+        for &us in &second {
+            recorded.record_us(us);
+        }
+        assert!(!recorded.is_compact());
+        assert_reads_equal(&recorded, &histogram_of(&all));
+
+        // Compact into dense, dense into compact, compact into compact and into empty.
+        let mut a = histogram_of(&first);
+        let mut b = histogram_of(&second);
+        b.compact();
+        a.merge(&b);
+        assert_reads_equal(&a, &histogram_of(&all));
+        let mut c = histogram_of(&first);
+        c.compact();
+        c.merge(&histogram_of(&second));
+        assert_reads_equal(&c, &histogram_of(&all));
+        let mut d = histogram_of(&first);
+        d.compact();
+        d.merge(&b);
+        assert_reads_equal(&d, &histogram_of(&all));
+        let mut e = LatencyHistogram::new();
+        e.merge(&b);
+        assert_reads_equal(&e, &histogram_of(&second));
+        let mut f = histogram_of(&first);
+        f.compact();
+        f.reset();
+        assert_eq!(f.count(), 0);
+    }
+
+    #[test]
+    fn decoded_histograms_are_compact_and_far_smaller_than_dense_ones() {
+        let h = histogram_of(&[150, 2_000, 35_000, 99_999]);
+        let back = LatencyHistogram::from_bytes(&h.to_bytes()).unwrap();
+        assert!(back.is_compact());
+        assert_reads_equal(&back, &h);
+        let Store::Sparse(s) = &back.store else {
+            panic!("decoded into the compact form")
+        };
+        // 4 buckets of 16 bytes instead of 8 × 1024 counters of 8 bytes.
+        assert_eq!(s.buckets.len(), 4);
     }
 
     #[test]
@@ -1099,8 +1381,20 @@ mod tests {
         assert_eq!(merged.stages.len(), 3);
         assert_eq!(merged.seconds.len(), 60);
         assert_eq!(merged, one);
-        // The order of the shards does not matter.
+        // The merged timeline is kept compact (exact all the same, as the equality says).
+        assert!(merged.seconds.iter().all(|s| {
+            s.window
+                .ops
+                .values()
+                .all(|o| o.latency.is_compact() && o.failure_latency.is_compact())
+        }));
+        // The order of the shards does not matter, nor whether their seconds were compacted.
         shards.reverse();
+        for shard in &mut shards {
+            for s in shard.seconds.iter_mut().step_by(2) {
+                s.window.compact();
+            }
+        }
         assert_eq!(merge_snapshots(&shards), one);
     }
 
