@@ -219,7 +219,7 @@ impl FastChannel {
         headers.reserve(4 + self.metadata.len());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
-        headers.insert(GRPC_TIMEOUT, grpc_timeout(timeout));
+        headers.insert(GRPC_TIMEOUT, cached_grpc_timeout(timeout));
         for (k, v) in &self.metadata {
             headers.insert(k.clone(), v.clone());
         }
@@ -427,6 +427,28 @@ fn h2_status(e: &h2::Error) -> Status {
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+thread_local! {
+    /// The last `grpc-timeout` value built on this thread: a client's calls all carry the same
+    /// timeout, so the hot path clones it instead of formatting it per request.
+    static LAST_GRPC_TIMEOUT: std::cell::RefCell<Option<(Duration, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// [`grpc_timeout`], from the per-thread cache when the timeout is the last one seen.
+fn cached_grpc_timeout(timeout: Duration) -> HeaderValue {
+    LAST_GRPC_TIMEOUT.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((t, value)) if *t == timeout => value.clone(),
+            _ => {
+                let value = grpc_timeout(timeout);
+                *last = Some((timeout, value.clone()));
+                value
+            }
+        }
+    })
+}
+
 /// The `grpc-timeout` header: at most eight digits, in the finest unit that fits.
 fn grpc_timeout(timeout: Duration) -> HeaderValue {
     let ms = timeout.as_millis();
@@ -622,6 +644,11 @@ mod tests {
     fn timeouts_are_sent_in_the_finest_unit_of_at_most_eight_digits() {
         assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500m");
         assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        // The cache answers for the timeout asked, not the last one built.
+        for ms in [1500, 1500, 20, 1500] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(cached_grpc_timeout(d), grpc_timeout(d));
+        }
         assert_eq!(
             status_of_http(http::StatusCode::NOT_FOUND).code(),
             Code::Unimplemented
